@@ -1,0 +1,1 @@
+"""Declarative presets shipped with lpsd-search (data, not code)."""
