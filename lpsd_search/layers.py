@@ -1,0 +1,95 @@
+"""Find the compressible layers of a model and swap modules by qualified name."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lpsd_search.decompositions import LayerGeometry
+from lpsd_search.errors import UserInputError
+
+
+@dataclass(frozen=True)
+class TargetLayer:
+    """A compressible layer: its qualified name and its geometry at the model's input size."""
+
+    name: str
+    geometry: LayerGeometry
+
+
+def layer_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Input and output spatial positions per sample of every Conv2d / Linear, from one forward.
+
+    Args:
+        model: the model (left in the training mode it was in).
+        example: a batch of one input, on the model's device.
+
+    Returns:
+        ``{qualified name: (in_positions, out_positions)}``.
+    """
+    positions: dict[str, tuple[int, int]] = {}
+    handles = []
+
+    def record(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            features = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+            out_features = (module.out_channels if isinstance(module, nn.Conv2d)
+                            else module.out_features)
+            batch = inputs[0].shape[0] if inputs[0].dim() > 1 else 1
+            positions[name] = (
+                inputs[0].numel() // (batch * int(features)),
+                output.numel() // (batch * int(out_features)),
+            )
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            handles.append(module.register_forward_hook(record(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return positions
+
+
+def find_layers(model: nn.Module, example: torch.Tensor, include: str | None = None,
+                exclude: str | None = None) -> list[TargetLayer]:
+    """The Conv2d and Linear layers of ``model`` that a forward pass uses, in call order.
+
+    Args:
+        model: the dense model.
+        example: a batch of one input (fixes the spatial sizes behind the FLOPs figures).
+        include: optional regex; only layers whose qualified name matches are kept.
+        exclude: optional regex; layers whose qualified name matches are dropped.
+    """
+    positions = layer_positions(model, example)
+    modules = dict(model.named_modules())
+    targets = []
+    for name, (in_pos, out_pos) in positions.items():
+        if include is not None and not re.search(include, name):
+            continue
+        if exclude is not None and re.search(exclude, name):
+            continue
+        targets.append(TargetLayer(name, LayerGeometry.of(modules[name], in_pos, out_pos)))
+    return targets
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at qualified name ``name`` by ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+    except AttributeError:
+        raise UserInputError(f"the model has no layer {name!r}") from None
+    if not hasattr(parent, child):
+        raise UserInputError(f"the model has no layer {name!r}")
+    setattr(parent, child, module)

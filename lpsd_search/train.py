@@ -1,0 +1,112 @@
+"""Training, fine-tuning and accuracy: the loops every command shares."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings.
+
+    Attributes:
+        steps: optimiser steps.
+        lr: Adam learning rate (cosine-decayed to zero over ``steps``).
+        batch_size: examples per step.
+        weight_decay: decoupled weight decay (AdamW).
+        seed: seeds the batch order.
+    """
+
+    steps: int
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+def batches(dataset: Dataset, batch_size: int, generator: torch.Generator,
+            shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over ``dataset`` in batches (in-memory tensor datasets skip the DataLoader)."""
+    if isinstance(dataset, TensorDataset):
+        inputs, labels = dataset.tensors[0], dataset.tensors[1]
+        count = len(inputs)
+        order = (torch.randperm(count, generator=generator) if shuffle
+                 else torch.arange(count))
+        for start in range(0, count, batch_size):
+            index = order[start:start + batch_size]
+            yield inputs[index], labels[index]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    yield from loader
+
+
+def _endless(dataset: Dataset, batch_size: int,
+             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        yield from batches(dataset, batch_size, generator)
+
+
+def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
+          device: torch.device) -> float:
+    """Train ``model`` in place for ``config.steps`` steps with AdamW and a cosine schedule.
+
+    Returns:
+        The mean loss over the last 10 % of the steps.
+
+    Raises:
+        TrainingDiverged: when the loss is NaN or infinite.
+    """
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(config.steps, 1)))
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = nn.CrossEntropyLoss()
+    tail: list[float] = []
+    stream = _endless(dataset, config.batch_size, generator)
+    for step in range(config.steps):
+        inputs, labels = next(stream)
+        inputs, labels = inputs.to(device), labels.to(device)
+        loss = loss_fn(model(inputs), labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step >= config.steps * 0.9:
+            tail.append(loss.item())
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: Dataset, device: torch.device,
+             batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` in [0, 1] (model put in eval mode)."""
+    model.to(device).eval()
+    correct = total = 0
+    for inputs, labels in batches(dataset, batch_size, torch.Generator(), shuffle=False):
+        predictions = model(inputs.to(device)).argmax(dim=1)
+        correct += int((predictions == labels.to(device)).sum())
+        total += len(labels)
+    return correct / max(total, 1)
+
+
+def steps_for_epochs(dataset: Dataset, epochs: float, batch_size: int) -> int:
+    """Optimiser steps that cover ``epochs`` passes over ``dataset``."""
+    return max(1, math.ceil(epochs * len(dataset) / batch_size))  # type: ignore[arg-type]
