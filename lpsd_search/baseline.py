@@ -43,7 +43,7 @@ class BaselineConfig:
 
 
 def default_cache_dir() -> Path:
-    """``$LPSD_SEARCH_CACHE``, else ``$XDG_CACHE_HOME/lpsd-search``, else ``~/.cache/lpsd-search``."""
+    """``$LPSD_SEARCH_CACHE``, else ``$XDG_CACHE_HOME/lpsd-search``, else ``~/.cache/…``."""
     if "LPSD_SEARCH_CACHE" in os.environ:
         return Path(os.environ["LPSD_SEARCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

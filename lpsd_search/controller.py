@@ -66,7 +66,8 @@ def open_study(config: SearchConfig, out_dir: Path, identity: Mapping[str, Any])
     if stored is None:
         study.set_user_attr("config", dict(identity))
     elif stored != dict(identity):
-        changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        keys = set(stored) | set(identity)
+        changed = sorted(k for k in keys if stored.get(k) != identity.get(k))
         raise UserInputError(
             f"study {config.study_name!r} in {storage} was made with other settings "
             f"({', '.join(changed)} differ); valid: the same options, or a new --study / --out"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,11 +34,14 @@ def layer_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
     positions: dict[str, tuple[int, int]] = {}
     handles = []
 
-    def record(name: str):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            features = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
-            out_features = (module.out_channels if isinstance(module, nn.Conv2d)
-                            else module.out_features)
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...],
+                 output: torch.Tensor) -> None:
+            assert isinstance(module, (nn.Conv2d, nn.Linear))
+            if isinstance(module, nn.Conv2d):
+                features, out_features = module.in_channels, module.out_channels
+            else:
+                features, out_features = module.in_features, module.out_features
             batch = inputs[0].shape[0] if inputs[0].dim() > 1 else 1
             positions[name] = (
                 inputs[0].numel() // (batch * int(features)),

@@ -31,8 +31,8 @@ class SearchOptions:
     """Everything ``lpsd-search search`` takes.
 
     Attributes:
-        model: model spec (``digits-cnn``, ``vgg16``, ``torchvision:resnet18``, ``pkg.mod:fn``…).
-        data: data spec (``digits``, ``fashion-mnist[:DIR]``, ``cifar10:DIR``, ``imagefolder:DIR``).
+        model: model spec (``digits-cnn``, ``vgg16``, ``torchvision:NAME``, ``pkg.mod:fn``…).
+        data: data spec (``digits``, ``fashion-mnist[:DIR]``, ``cifar10:DIR``, …).
         budget: ``"0.1"`` (fraction of the baseline's parameters) or ``"50000"`` (absolute).
         out: results directory.
         checkpoint: trained weights; None trains (and caches) a baseline first.

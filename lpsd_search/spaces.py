@@ -59,7 +59,8 @@ class SearchSpace:
                 allowed[target.name] = methods
         return allowed
 
-    def sample(self, trial: optuna.Trial, allowed: Mapping[str, Sequence[str]]) -> dict[str, Request]:
+    def sample(self, trial: optuna.Trial,
+               allowed: Mapping[str, Sequence[str]]) -> dict[str, Request]:
         """One (method, rank fraction) request per searchable layer."""
         requests = {}
         for name, methods in allowed.items():

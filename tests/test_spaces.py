@@ -43,7 +43,7 @@ def test_bad_presets_are_one_line_errors(tmp_path, text, message):
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(UserInputError, match="valid: .*default"):
+    with pytest.raises(UserInputError, match=r"valid: .*default"):
         load_space("nope")
 
 

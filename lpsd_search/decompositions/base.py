@@ -1,22 +1,28 @@
 """The decomposition contract: closed-form sizes, rank resolution, factorisation and building.
 
 A decomposition turns one dense ``nn.Conv2d`` or ``nn.Linear`` into a short chain of plain
-modules. Sizes are closed-form functions of the layer's geometry and the rank, so the search and
-the budget can price a configuration without building it; the contract tests check that every
-formula equals what the built module really holds.
+modules. Sizes are closed-form functions of the layer's geometry, the rank and the method's
+*structural* options (those that change the module, e.g. ALDS ``k`` or CP ``variant``), so the
+search and the budget can price a configuration without building it; the contract tests check
+that every formula equals what the built module really holds. *Fit* options (iteration caps,
+tolerances) change only how the factors are computed, never the size.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 import torch
 from torch import nn
 
 from lpsd_search.errors import UserInputError
 from lpsd_search.registry import Registry
+
+if TYPE_CHECKING:
+    from lpsd_search.decompositions.cache import FactorCache
 
 Rank: TypeAlias = int | tuple[int, ...]
 """A method's natural rank: an int, or a tuple where the method has several (tucker2)."""
@@ -25,6 +31,8 @@ RankSpec: TypeAlias = int | tuple[int, ...] | float
 """A rank as users give it: a natural rank, or a float in (0, 1] = fraction of the layer's params."""
 
 Compressible: TypeAlias = nn.Conv2d | nn.Linear
+
+Factors: TypeAlias = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,9 @@ class LayerGeometry:
         bias: whether the layer has a bias.
         in_positions: spatial positions of the input per sample (H_in·W_in; 1 for a plain Linear).
         out_positions: spatial positions of the output per sample (H_out·W_out).
+        in_size: optional ``(H_in, W_in)``; only the FLOPs of the methods that split a kernel
+            into a ``kh×1`` and a ``1×kw`` stage (cp, tt) use it, see ``mid_positions``.
+        out_size: optional ``(H_out, W_out)``.
     """
 
     kind: Literal["conv", "linear"]
@@ -50,17 +61,28 @@ class LayerGeometry:
     bias: bool
     in_positions: int = 1
     out_positions: int = 1
+    in_size: tuple[int, int] | None = None
+    out_size: tuple[int, int] | None = None
 
     @classmethod
-    def of(cls, layer: nn.Module, in_positions: int = 1, out_positions: int = 1) -> LayerGeometry:
-        """Read the geometry of ``layer`` (positions come from a forward pass, see measure.py)."""
+    def of(cls, layer: nn.Module, in_positions: int = 1, out_positions: int = 1, *,
+           in_size: tuple[int, int] | None = None,
+           out_size: tuple[int, int] | None = None) -> LayerGeometry:
+        """Read the geometry of ``layer`` (positions come from a forward pass, see layers.py).
+
+        ``in_size`` / ``out_size``, when given, override the positions with their products.
+        """
+        if in_size is not None:
+            in_positions = in_size[0] * in_size[1]
+        if out_size is not None:
+            out_positions = out_size[0] * out_size[1]
         if isinstance(layer, nn.Conv2d):
             kh, kw = layer.kernel_size
             return cls("conv", layer.out_channels, layer.in_channels, (kh, kw), layer.groups,
-                       layer.bias is not None, in_positions, out_positions)
+                       layer.bias is not None, in_positions, out_positions, in_size, out_size)
         if isinstance(layer, nn.Linear):
             return cls("linear", layer.out_features, layer.in_features, (1, 1), 1,
-                       layer.bias is not None, in_positions, out_positions)
+                       layer.bias is not None, in_positions, out_positions, in_size, out_size)
         raise UserInputError(
             f"cannot decompose a {type(layer).__name__}; valid layers: Conv2d, Linear"
         )
@@ -90,6 +112,21 @@ class LayerGeometry:
         """Multiply-accumulates of the dense layer for one sample."""
         return self.out_positions * self.out_channels * self.in_per_group * self.kernel_area
 
+    @property
+    def mid_positions(self) -> int:
+        """Positions after a ``kh×1`` stage that applies the vertical stride only: H_out·W_in.
+
+        Exact when ``in_size`` and ``out_size`` are known; otherwise ``√(in·out)``, which is exact
+        whenever height and width shrink by the same factor (square strides, 'same' padding).
+        """
+        if self.in_size is not None and self.out_size is not None:
+            return self.out_size[0] * self.in_size[1]
+        return round(math.sqrt(self.in_positions * self.out_positions))
+
+    def dense_bytes(self, dtype_bytes: int = 4) -> int:
+        """Bytes of the dense layer's parameters at ``dtype_bytes`` per value."""
+        return self.dense_params * dtype_bytes
+
 
 class Decomposition(ABC):
     """Base class of every low-rank method.
@@ -97,59 +134,81 @@ class Decomposition(ABC):
     Life cycle: ``resolve_rank`` turns what the user asked for into a concrete rank,
     ``factorize`` computes the factors of the weight (on the weight's device), ``build`` wraps
     them into plain modules that keep the layer's stride, padding, dilation, groups, bias and
-    output shape. ``params`` and ``flops`` price a (geometry, rank) pair in closed form.
+    output shape. ``params``, ``bytes`` and ``flops`` price a (geometry, rank, options) triple in
+    closed form. ``decompose`` runs the whole chain, optionally through a ``FactorCache``.
+
+    Every size-related method takes the method's structural options as keywords; leaving them out
+    means the defaults ``decompose`` uses, so ``params(geom, rank)`` always prices
+    ``decompose(layer, rank)``.
     """
 
     name: ClassVar[str]
+    structural_options: ClassVar[tuple[str, ...]] = ()
+    """Options that change the built module (and so its size)."""
+    fit_options: ClassVar[tuple[str, ...]] = ()
+    """Options that change only how the factors are computed."""
 
-    def supports(self, geom: LayerGeometry) -> bool:
+    def check_options(self, options: dict[str, Any], *, fit: bool = True) -> None:
+        """Reject option names the method does not know (the error lists the valid ones)."""
+        valid = self.structural_options + (self.fit_options if fit else ())
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            listed = ", ".join(valid) if valid else "none"
+            raise UserInputError(f"{self.name} got unknown options {unknown}; valid: {listed}")
+
+    def supports(self, geom: LayerGeometry, **options: Any) -> bool:
         """Whether the method can make this layer smaller at all (depthwise convs cannot)."""
-        return self.params(geom, self.min_rank(geom)) < geom.dense_params
+        return self.params(geom, self.min_rank(geom, **options), **options) < geom.dense_params
 
     @abstractmethod
-    def max_rank(self, geom: LayerGeometry) -> Rank:
-        """The rank at which the method is exact."""
+    def max_rank(self, geom: LayerGeometry, **options: Any) -> Rank:
+        """The rank at which the method is exact (or saturates, for cp)."""
 
-    def min_rank(self, geom: LayerGeometry) -> Rank:
+    def min_rank(self, geom: LayerGeometry, **options: Any) -> Rank:
         """The smallest rank the method accepts."""
-        top = self.max_rank(geom)
+        top = self.max_rank(geom, **options)
         return 1 if isinstance(top, int) else tuple(1 for _ in top)
 
     @abstractmethod
-    def params(self, geom: LayerGeometry, rank: Rank) -> int:
+    def params(self, geom: LayerGeometry, rank: Rank, **options: Any) -> int:
         """Parameters of the built module, bias included."""
 
+    def bytes(self, geom: LayerGeometry, rank: Rank, dtype_bytes: int = 4,
+              **options: Any) -> int:
+        """Bytes of the built module's parameters at ``dtype_bytes`` per value."""
+        return self.params(geom, rank, **options) * dtype_bytes
+
     @abstractmethod
-    def flops(self, geom: LayerGeometry, rank: Rank) -> int:
+    def flops(self, geom: LayerGeometry, rank: Rank, **options: Any) -> int:
         """Multiply-accumulates of the built module for one sample."""
 
     @abstractmethod
-    def rank_for_params(self, geom: LayerGeometry, target: float) -> Rank:
+    def rank_for_params(self, geom: LayerGeometry, target: float, **options: Any) -> Rank:
         """The largest rank whose ``params`` do not exceed ``target`` (never below min_rank)."""
 
     @abstractmethod
     def factorize(self, weight: torch.Tensor, geom: LayerGeometry, rank: Rank,
-                  **options: Any) -> tuple[torch.Tensor, ...]:
+                  **options: Any) -> Factors:
         """Compute the factors of ``weight`` (shape ``O × I/g × kh × kw``) at ``rank``."""
 
     @abstractmethod
-    def build(self, layer: Compressible, factors: tuple[torch.Tensor, ...],
-              rank: Rank) -> nn.Module:
+    def build(self, layer: Compressible, factors: Factors, rank: Rank,
+              **options: Any) -> nn.Module:
         """Wrap ``factors`` into plain modules equivalent to ``layer`` at that rank."""
 
-    def resolve_rank(self, geom: LayerGeometry, rank: RankSpec) -> Rank:
+    def resolve_rank(self, geom: LayerGeometry, rank: RankSpec, **options: Any) -> Rank:
         """Turn a user rank (natural rank or parameter fraction) into a valid natural rank."""
         if isinstance(rank, float):
             if not 0.0 < rank <= 1.0:
                 raise UserInputError(
                     f"rank fraction {rank} is out of range; valid: a float in (0, 1]"
                 )
-            return self.rank_for_params(geom, rank * geom.dense_params)
-        return self.check_rank(geom, rank)
+            return self.rank_for_params(geom, rank * geom.dense_params, **options)
+        return self.check_rank(geom, rank, **options)
 
-    def check_rank(self, geom: LayerGeometry, rank: Rank) -> Rank:
+    def check_rank(self, geom: LayerGeometry, rank: Rank, **options: Any) -> Rank:
         """Validate a natural rank against ``[min_rank, max_rank]``."""
-        top = self.max_rank(geom)
+        top = self.max_rank(geom, **options)
         if isinstance(top, int):
             if isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= top:
                 return rank
@@ -159,7 +218,8 @@ class Decomposition(ABC):
             )
         values = tuple(rank) if isinstance(rank, (tuple, list)) else ()
         if len(values) == len(top) and all(
-            isinstance(v, int) and 1 <= v <= t for v, t in zip(values, top, strict=True)
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= t
+            for v, t in zip(values, top, strict=True)
         ):
             return values
         raise UserInputError(
@@ -167,21 +227,41 @@ class Decomposition(ABC):
             f"{len(top)} ints up to {top} or a float in (0, 1]"
         )
 
-    def decompose(self, layer: Compressible, rank: RankSpec, **options: Any) -> nn.Module:
-        """Factorise ``layer`` at ``rank`` and return the replacement module."""
+    def decompose(self, layer: Compressible, rank: RankSpec, *, cache: FactorCache | None = None,
+                  **options: Any) -> nn.Module:
+        """Factorise ``layer`` at ``rank`` and return the replacement module.
+
+        Args:
+            layer: the dense layer; the factors are computed on its weight's device.
+            rank: a natural rank or a parameter fraction in (0, 1].
+            cache: an optional ``FactorCache``; a hit skips the factorisation.
+            **options: the method's structural and fit options.
+        """
+        self.check_options(options)
+        structural = {k: v for k, v in options.items() if k in self.structural_options}
         geom = LayerGeometry.of(layer)
-        if not self.supports(geom):
+        if not self.supports(geom, **structural):
             raise UserInputError(
                 f"{self.name} cannot compress a layer of shape {tuple(layer.weight.shape)} "
                 f"(groups={geom.groups}); valid: leave it dense (method 'none')"
             )
-        concrete = self.resolve_rank(geom, rank)
+        concrete = self.resolve_rank(geom, rank, **structural)
         weight = layer.weight.detach()
         if geom.kind == "linear":
             weight = weight[:, :, None, None]
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            weight = weight.float()  # the linear algebra kernels need float32 or better
         with torch.no_grad():
-            factors = self.factorize(weight, geom, concrete, **options)
-            return self.build(layer, factors, concrete)
+            factors = None
+            key = None
+            if cache is not None:
+                key = cache.key(weight, self.name, concrete, options)
+                factors = cache.get(key, weight.device)
+            if factors is None:
+                factors = self.factorize(weight, geom, concrete, **options)
+                if cache is not None and key is not None:
+                    cache.put(key, factors)
+            return self.build(layer, factors, concrete, **structural)
 
 
 DECOMPOSITIONS: Registry[type[Decomposition]] = Registry("decomposition method")

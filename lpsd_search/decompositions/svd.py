@@ -1,4 +1,4 @@
-"""Truncated SVD of the matricised kernel (Denton et al. 2014; the ALDS building block).
+"""Truncated SVD of the matricised kernel (Denton et al., NeurIPS 2014; the ALDS building block).
 
 ``W`` (``O × I/g × kh × kw``) is matricised per group as ``O/g × (I/g·kh·kw)``; rank r gives a
 ``kh × kw`` conv ``I → g·r`` (the original stride/padding/dilation, ``groups=g``) followed by a
@@ -16,61 +16,116 @@ from lpsd_search.decompositions.base import (
     DECOMPOSITIONS,
     Compressible,
     Decomposition,
+    Factors,
     LayerGeometry,
     Rank,
 )
 from lpsd_search.decompositions.modules import layer_bias, pointwise_stage, spatial_stage
 
 
-def _as_int(rank: Rank) -> int:
+def as_int_rank(rank: Rank) -> int:
+    """A single-int rank, accepting a one-element tuple."""
     if isinstance(rank, int):
         return rank
     (only,) = rank
     return only
 
 
+def leading_eigenvectors(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``rank`` eigenpairs of a batch of symmetric PSD matrices, largest first.
+
+    Returns:
+        ``(values batch × rank, vectors batch × m × rank)``.
+    """
+    values, vectors = torch.linalg.eigh(gram)
+    return values[:, -rank:].flip(-1).clamp_min(0), vectors[:, :, -rank:].flip(-1)
+
+
+def leading_subspace(unfolded: torch.Tensor, rank: int) -> torch.Tensor:
+    """Top-``rank`` left singular vectors of a batch of matrices, via their Gram matrices.
+
+    Args:
+        unfolded: ``batch × m × n``.
+        rank: how many vectors to keep (≤ m).
+
+    Returns:
+        ``batch × m × rank`` with orthonormal columns, largest singular value first.
+    """
+    # eigh of the m×m Gram matrix costs far less than an SVD of the m×n unfolding when n ≫ m.
+    # Its eigenvectors are orthonormal to working precision, so projecting on all of them is
+    # exact; only the directions of tiny singular values lose accuracy, and those are the ones
+    # a truncation drops.
+    return leading_eigenvectors(unfolded @ unfolded.transpose(1, 2), rank)[1]
+
+
+def truncated_svd(matrices: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-``rank`` factors ``left @ right`` of a batch of matrices (Eckart–Young).
+
+    Uses the Gram matrix of the shorter side (an ``eigh``, several times faster than
+    ``torch.linalg.svd`` on CPU) and projects the matrix on the leading subspace, so at full
+    rank the product reproduces the input to working precision. The singular values are split
+    evenly between the two factors (``U√Σ`` and ``√ΣVᵀ``), which keeps fine-tuning balanced.
+
+    Args:
+        matrices: ``batch × m × n``.
+        rank: kept rank, ``1 ≤ rank ≤ min(m, n)``.
+
+    Returns:
+        ``(left batch × m × rank, right batch × rank × n)``.
+    """
+    m, n = matrices.shape[-2:]
+    if m <= n:
+        basis = leading_subspace(matrices, rank)  # b × m × r
+        right = basis.transpose(1, 2) @ matrices  # b × r × n, rows of norm σ
+        sigma = right.norm(dim=2)
+        left = basis
+    else:
+        basis = leading_subspace(matrices.transpose(1, 2), rank)  # b × n × r
+        left = matrices @ basis  # b × m × r, columns of norm σ
+        sigma = left.norm(dim=1)
+        right = basis.transpose(1, 2)
+    # Move √σ to the other side; σ = 0 columns are left alone (nothing to balance).
+    root = torch.where(sigma > 0, sigma.sqrt(), torch.ones_like(sigma))
+    if m <= n:
+        return left * root[:, None, :], right / root[:, :, None]
+    return left / root[:, None, :], right * root[:, :, None]
+
+
 @DECOMPOSITIONS.register("svd")
 class SVD(Decomposition):
-    """Truncated SVD: params ``r·(I·kh·kw + O)`` + bias."""
+    """Truncated SVD: params ``r·(I·kh·kw + O)`` + bias (``r`` per group for grouped convs)."""
 
     name = "svd"
 
-    def max_rank(self, geom: LayerGeometry) -> int:
+    def max_rank(self, geom: LayerGeometry, **options: Any) -> int:
         return min(geom.out_per_group, geom.in_per_group * geom.kernel_area)
 
     def _per_rank(self, geom: LayerGeometry) -> int:
         return geom.in_channels * geom.kernel_area + geom.out_channels
 
-    def params(self, geom: LayerGeometry, rank: Rank) -> int:
-        return _as_int(rank) * self._per_rank(geom) + geom.bias_params
+    def params(self, geom: LayerGeometry, rank: Rank, **options: Any) -> int:
+        return as_int_rank(rank) * self._per_rank(geom) + geom.bias_params
 
-    def flops(self, geom: LayerGeometry, rank: Rank) -> int:
+    def flops(self, geom: LayerGeometry, rank: Rank, **options: Any) -> int:
         # Both stages run at the output resolution: the spatial stage carries the stride.
-        return geom.out_positions * _as_int(rank) * self._per_rank(geom)
+        return geom.out_positions * as_int_rank(rank) * self._per_rank(geom)
 
-    def rank_for_params(self, geom: LayerGeometry, target: float) -> int:
+    def rank_for_params(self, geom: LayerGeometry, target: float, **options: Any) -> int:
         rank = int((target - geom.bias_params) // self._per_rank(geom))
         return max(1, min(rank, self.max_rank(geom)))
 
     def factorize(self, weight: torch.Tensor, geom: LayerGeometry, rank: Rank,
-                  **options: Any) -> tuple[torch.Tensor, ...]:
-        if options:
-            raise TypeError(f"svd takes no options, got {sorted(options)}")
-        r = _as_int(rank)
+                  **options: Any) -> Factors:
+        self.check_options(options)
         g = geom.groups
-        matrices = weight.reshape(g, geom.out_per_group, -1)
-        # Batched over groups; full_matrices=False keeps it O(m·n·min(m, n)).
-        u, s, vh = torch.linalg.svd(matrices, full_matrices=False)
-        root = s[:, :r].sqrt()
-        left = u[:, :, :r] * root[:, None, :]  # g × O/g × r
-        right = vh[:, :r, :] * root[:, :, None]  # g × r × (I/g·kh·kw)
-        return left, right
+        left, right = truncated_svd(weight.reshape(g, geom.out_per_group, -1), as_int_rank(rank))
+        return left, right  # g × O/g × r, g × r × (I/g·kh·kw)
 
-    def build(self, layer: Compressible, factors: tuple[torch.Tensor, ...],
-              rank: Rank) -> nn.Module:
+    def build(self, layer: Compressible, factors: Factors, rank: Rank,
+              **options: Any) -> nn.Module:
         left, right = factors
         geom = LayerGeometry.of(layer)
-        g, r = geom.groups, _as_int(rank)
+        g, r = geom.groups, as_int_rank(rank)
         kh, kw = geom.kernel_size
         first = spatial_stage(layer, geom.in_channels, g * r, g,
                               right.reshape(g * r, geom.in_per_group, kh, kw))

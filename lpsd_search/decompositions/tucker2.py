@@ -1,12 +1,15 @@
-"""Tucker-2 over the channel modes (Kim et al., ICLR 2016), HOSVD start and HOOI refinement.
+"""Tucker-2 over the channel modes (Kim et al., ICLR 2016): ST-HOSVD start, HOOI refinement.
 
 ``W ≈ G ×₀ U_out ×₁ U_in`` with core ``G`` of shape ``r_o × r_i × kh × kw``; built as a 1×1 conv
 ``I → g·r_i``, the ``kh × kw`` core conv ``g·r_i → g·r_o`` (original stride/padding/dilation) and
 a 1×1 conv ``g·r_o → O`` carrying the bias. Grouped convs are decomposed per group.
 
-The factors come from eigen-decompositions of the unfoldings' Gram matrices (closed form, the
-same subspaces as an SVD at a fraction of the cost), then a few HOOI sweeps that stop when the
-relative error no longer improves by ``tol``.
+The fit: ``U_in`` from the Gram matrix of the input-mode unfolding, ``U_out`` from the Gram matrix
+of ``W`` projected on ``U_in`` (sequentially truncated HOSVD, Vannieuwenhoven et al. 2012), then
+HOOI sweeps (De Lathauwer et al. 2000) until the relative error improves by less than ``tol``.
+Every step is a matmul plus an ``eigh`` of a channel-sized Gram matrix, and the error comes for
+free from the eigenvalues (‖W − Ŵ‖² = ‖W‖² − ‖G‖² for orthonormal factors). A mode kept at full
+rank gets an identity factor, so full rank is exact.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from lpsd_search.decompositions.base import (
     DECOMPOSITIONS,
     Compressible,
     Decomposition,
+    Factors,
     LayerGeometry,
     Rank,
 )
 from lpsd_search.decompositions.modules import layer_bias, pointwise_stage, spatial_stage
+from lpsd_search.decompositions.svd import leading_eigenvectors, leading_subspace
+
+__all__ = ["Tucker2", "leading_subspace", "tucker2_fit"]
 
 
 def _pair(rank: Rank) -> tuple[int, int]:
@@ -34,44 +41,93 @@ def _pair(rank: Rank) -> tuple[int, int]:
     return out_rank, in_rank
 
 
-def leading_subspace(unfolded: torch.Tensor, rank: int) -> torch.Tensor:
-    """Top-``rank`` left singular vectors of a batch of matrices, via their Gram matrices.
+def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 20,
+                tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Tucker-2 of a batch of 3-way tensors ``g × O × I × S`` over the O and I modes.
 
     Args:
-        unfolded: ``batch × m × n``.
-        rank: how many vectors to keep (≤ m).
+        blocks: ``g × O × I × S`` (S = kh·kw).
+        out_rank: r_o ≤ O.
+        in_rank: r_i ≤ I.
+        iters: maximum HOOI sweeps after the ST-HOSVD start (0 = ST-HOSVD only).
+        tol: stop when a sweep lowers the relative error by less than this.
 
     Returns:
-        ``batch × m × rank`` with orthonormal columns, largest singular value first.
+        ``(U_out g × O × r_o, core g × r_o × r_i × S, U_in g × I × r_i, relative error)``.
     """
-    # eigh of the m×m Gram matrix is much cheaper than an SVD of the m×n unfolding when n ≫ m;
-    # float64 keeps the small eigenvalues' vectors accurate enough for an exact full-rank fit.
-    gram = unfolded.double() @ unfolded.double().transpose(1, 2)
-    _, vectors = torch.linalg.eigh(gram)
-    return vectors[:, :, -rank:].flip(-1).to(unfolded.dtype)
+    g, n_out, n_in, area = blocks.shape
+    norm2 = float(blocks.square().sum())
+    # Two layouts so that every projection is one batched matmul over a contiguous operand.
+    by_out = blocks.permute(0, 1, 3, 2).reshape(g, n_out * area, n_in)  # contract I
+    by_in = blocks.permute(0, 2, 3, 1).reshape(g, n_in * area, n_out)  # contract O
+
+    def error_of(kept: torch.Tensor) -> float:
+        return math.sqrt(max(norm2 - float(kept.sum()), 0.0) / max(norm2, 1e-30))
+
+    def out_step(u_in: torch.Tensor) -> tuple[torch.Tensor, float]:
+        projected = (by_out @ u_in).reshape(g, n_out, area * u_in.shape[2])
+        values, u_out = leading_eigenvectors(projected @ projected.transpose(1, 2), out_rank)
+        return u_out, error_of(values)
+
+    def in_step(u_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        projected = (by_in @ u_out).reshape(g, n_in, area * u_out.shape[2])
+        values, u_in = leading_eigenvectors(projected @ projected.transpose(1, 2), in_rank)
+        return u_in, projected, error_of(values)
+
+    eye = torch.eye
+    if in_rank == n_in:  # Tucker-1 on the output mode: one eigh is optimal, no sweeps
+        u_in = eye(n_in, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
+        u_out, error = out_step(u_in)
+    elif out_rank == n_out:
+        u_out = eye(n_out, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
+        u_in, _, error = in_step(u_out)
+    else:
+        unfolded = by_in.reshape(g, n_in, area * n_out)
+        u_in = leading_subspace(unfolded, in_rank)
+        u_out, error = out_step(u_in)
+        for _ in range(iters):
+            previous = error
+            u_in, _, _ = in_step(u_out)
+            u_out, error = out_step(u_in)
+            if previous - error < tol:
+                break
+    # core[r, s, a] = Σ_o Σ_i U_out[o, r] W[o, i, a] U_in[i, s]
+    projected = (by_in @ u_out).reshape(g, n_in, area, out_rank)
+    core = torch.einsum("gias,gir->gsra", projected, u_in)
+    return u_out.contiguous(), core.contiguous(), u_in.contiguous(), error
 
 
 @DECOMPOSITIONS.register("tucker2")
 class Tucker2(Decomposition):
     """Tucker-2: params ``I·r_i + g·r_i·r_o·kh·kw + r_o·O`` + bias; rank is ``(r_out, r_in)``.
 
+    An int rank ``r`` means ``(r, r)`` (each clipped to its mode size).
+
     Options:
-        iters: maximum HOOI sweeps after the HOSVD start (default 5; 0 = plain HOSVD).
-        tol: stop when the relative error improves by less than this (default 1e-4).
+        iters: maximum HOOI sweeps after the ST-HOSVD start (default 20; 0 = ST-HOSVD only).
+        tol: stop when a sweep lowers the relative error by less than this (default 1e-4, the
+            stopping rule of tensorly's ``partial_tucker``).
     """
 
     name = "tucker2"
+    fit_options = ("iters", "tol")
 
-    def max_rank(self, geom: LayerGeometry) -> tuple[int, int]:
+    def max_rank(self, geom: LayerGeometry, **options: Any) -> tuple[int, int]:
         return geom.out_per_group, geom.in_per_group
 
-    def params(self, geom: LayerGeometry, rank: Rank) -> int:
+    def check_rank(self, geom: LayerGeometry, rank: Rank, **options: Any) -> Rank:
+        if isinstance(rank, int) and not isinstance(rank, bool):
+            top_out, top_in = self.max_rank(geom)
+            rank = (min(rank, top_out), min(rank, top_in))
+        return super().check_rank(geom, rank, **options)
+
+    def params(self, geom: LayerGeometry, rank: Rank, **options: Any) -> int:
         out_rank, in_rank = _pair(rank)
         core = geom.groups * in_rank * out_rank * geom.kernel_area
         return (geom.in_channels * in_rank + core + out_rank * geom.out_channels
                 + geom.bias_params)
 
-    def flops(self, geom: LayerGeometry, rank: Rank) -> int:
+    def flops(self, geom: LayerGeometry, rank: Rank, **options: Any) -> int:
         out_rank, in_rank = _pair(rank)
         # The first 1×1 stage runs at the input resolution, the other two at the output's.
         first = geom.in_positions * geom.in_channels * in_rank
@@ -79,7 +135,8 @@ class Tucker2(Decomposition):
         last = geom.out_positions * geom.out_channels * out_rank
         return first + core + last
 
-    def rank_for_params(self, geom: LayerGeometry, target: float) -> tuple[int, int]:
+    def rank_for_params(self, geom: LayerGeometry, target: float,
+                        **options: Any) -> tuple[int, int]:
         # Keep r_out : r_in proportional to the mode sizes and solve the quadratic in the scale t:
         # g·k·a·b·t² + (I·a + O·b)·t = target − bias, with r_out = b·t and r_in = a·t.
         top_out, top_in = self.max_rank(geom)
@@ -98,37 +155,18 @@ class Tucker2(Decomposition):
         return out_rank, in_rank
 
     def factorize(self, weight: torch.Tensor, geom: LayerGeometry, rank: Rank,
-                  **options: Any) -> tuple[torch.Tensor, ...]:
-        iters = int(options.pop("iters", 5))
-        tol = float(options.pop("tol", 1e-4))
-        if options:
-            raise TypeError(f"tucker2 got unknown options {sorted(options)}; valid: iters, tol")
+                  **options: Any) -> Factors:
+        self.check_options(options)
+        iters = int(options.get("iters", 20))
+        tol = float(options.get("tol", 1e-4))
         out_rank, in_rank = _pair(rank)
-        g, kh, kw = geom.groups, *geom.kernel_size
-        blocks = weight.reshape(g, geom.out_per_group, geom.in_per_group, kh, kw)
-        mode_in = blocks.transpose(1, 2)  # g × I/g × O/g × kh × kw
-
-        u_out = leading_subspace(blocks.reshape(g, geom.out_per_group, -1), out_rank)
-        u_in = leading_subspace(mode_in.reshape(g, geom.in_per_group, -1), in_rank)
-        norm = blocks.norm()
-        previous = math.inf
-        for _ in range(iters):
-            # HOOI: each factor is the leading subspace of W projected on the other one.
-            projected = torch.einsum("goikl,gis->goskl", blocks, u_in)
-            u_out = leading_subspace(projected.reshape(g, geom.out_per_group, -1), out_rank)
-            projected = torch.einsum("goikl,gor->girkl", blocks, u_out)
-            u_in = leading_subspace(projected.reshape(g, geom.in_per_group, -1), in_rank)
-            core = torch.einsum("goikl,gor,gis->grskl", blocks, u_out, u_in)
-            # With orthonormal factors, ‖W − Ŵ‖² = ‖W‖² − ‖G‖².
-            error = float((norm**2 - core.norm() ** 2).clamp_min(0).sqrt() / norm.clamp_min(1e-30))
-            if previous - error < tol:
-                break
-            previous = error
-        core = torch.einsum("goikl,gor,gis->grskl", blocks, u_out, u_in)
+        g = geom.groups
+        blocks = weight.reshape(g, geom.out_per_group, geom.in_per_group, geom.kernel_area)
+        u_out, core, u_in, _ = tucker2_fit(blocks, out_rank, in_rank, iters, tol)
         return u_out, core, u_in
 
-    def build(self, layer: Compressible, factors: tuple[torch.Tensor, ...],
-              rank: Rank) -> nn.Module:
+    def build(self, layer: Compressible, factors: Factors, rank: Rank,
+              **options: Any) -> nn.Module:
         u_out, core, u_in = factors
         geom = LayerGeometry.of(layer)
         out_rank, in_rank = _pair(rank)
