@@ -62,7 +62,7 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                         help="at most this fraction of the baseline's parameters (0.1), "
                              "or this many parameters (50000)")
     parser.add_argument("--trials", type=_positive_int, default=DEMO_TRIALS,
-                        help="finished trials the study should hold (a re-run tops it up)")
+                        help="completed trials the study should hold (a re-run tops it up)")
     parser.add_argument("--finetune-steps", type=_positive_int,
                         default=DEMO_FINETUNE_STEPS if demo else 200)
     parser.add_argument("--finetune-lr", type=_positive_float, default=3e-3)

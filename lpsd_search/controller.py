@@ -26,7 +26,6 @@ from lpsd_search.spaces import SearchSpace
 
 logger = logging.getLogger(__name__)
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 MAX_CONSECUTIVE_FAILURES = 5
 SMALL_LAYER_SHARE = 0.05
 
@@ -36,7 +35,8 @@ class SearchConfig:
     """How the controller runs.
 
     Attributes:
-        trials: finished trials the study should hold at the end (a re-run tops it up).
+        trials: completed trials the study should hold at the end (a re-run tops it up); failed
+            and interrupted trials are kept in the study but do not count.
         seed: sampler seed.
         storage: Optuna storage URL (``sqlite:///…``), or None for ``<out>/study.db``.
         study_name: name of the study inside the storage.
@@ -122,14 +122,15 @@ def enqueue_warm_starts(study: optuna.Study, allowed: Mapping[str, Sequence[str]
                                 skip_if_exists=True)
 
 
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def completed_count(study: optuna.Study) -> int:
+    """Trials that finished with measurements (failed or interrupted ones do not count)."""
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
 def run_search(study: optuna.Study, evaluator: Evaluator, pricer: Pricer, space: SearchSpace,
                allowed: Mapping[str, Sequence[str]], budget: Budget, config: SearchConfig,
                out_dir: Path, on_trial: Callable[[optuna.Study], None] | None = None) -> None:
-    """Run trials until the study holds ``config.trials`` finished ones.
+    """Run trials until the study holds ``config.trials`` completed ones.
 
     Args:
         study: the opened study (its user attributes hold baseline and budget).
@@ -147,7 +148,7 @@ def run_search(study: optuna.Study, evaluator: Evaluator, pricer: Pricer, space:
         enqueue_warm_starts(study, allowed, space, budget, pricer)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     failures = 0
-    while finished_count(study) < config.trials:
+    while completed_count(study) < config.trials:
         trial = study.ask()
         trial.set_user_attr("worker", worker)
         try:

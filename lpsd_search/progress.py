@@ -8,13 +8,12 @@ from types import TracebackType
 import optuna
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lpsd_search.controller import completed_count
 from lpsd_search.report import front, trial_rows
-
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
 
 class SearchProgress:
-    """Shows ``trials done / asked`` and a one-line summary of the current front.
+    """Shows ``trials completed / asked`` and a one-line summary of the current front.
 
     It draws only when standard error is a terminal, so logs and CI output stay clean.
 
@@ -46,7 +45,7 @@ class SearchProgress:
         """Refresh from the study (call after every trial)."""
         if not self.enabled:
             return
-        done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        done = completed_count(study)
         baseline = study.user_attrs.get("baseline", {})
         limit = int(study.user_attrs.get("budget", {}).get("limit", 0))
         points = front(trial_rows(study), limit)

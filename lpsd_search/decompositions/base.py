@@ -28,7 +28,7 @@ Rank: TypeAlias = int | tuple[int, ...]
 """A method's natural rank: an int, or a tuple where the method has several (tucker2)."""
 
 RankSpec: TypeAlias = int | tuple[int, ...] | float
-"""A rank as users give it: a natural rank, or a float in (0, 1] = fraction of the layer's params."""
+"""A rank as users give it: a natural rank, or a float in (0, 1], a fraction of the params."""
 
 Compressible: TypeAlias = nn.Conv2d | nn.Linear
 
