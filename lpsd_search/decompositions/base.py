@@ -196,6 +196,15 @@ class Decomposition(ABC):
               **options: Any) -> nn.Module:
         """Wrap ``factors`` into plain modules equivalent to ``layer`` at that rank."""
 
+    def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
+                    **options: Any) -> torch.Tensor:
+        """The dense kernel ``O × I/g × kh × kw`` that ``factors`` represent.
+
+        The built module computes exactly the convolution with this kernel (plus the bias), so
+        ``W − reconstruct(...)`` is the residual a sparse branch has to capture (LPSD).
+        """
+        raise NotImplementedError(f"{self.name} cannot reconstruct its kernel")
+
     def resolve_rank(self, geom: LayerGeometry, rank: RankSpec, **options: Any) -> Rank:
         """Turn a user rank (natural rank or parameter fraction) into a valid natural rank."""
         if isinstance(rank, float):

@@ -121,6 +121,11 @@ class SVD(Decomposition):
         left, right = truncated_svd(weight.reshape(g, geom.out_per_group, -1), as_int_rank(rank))
         return left, right  # g × O/g × r, g × r × (I/g·kh·kw)
 
+    def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
+                    **options: Any) -> torch.Tensor:
+        left, right = factors
+        return (left @ right).reshape(geom.out_channels, geom.in_per_group, *geom.kernel_size)
+
     def build(self, layer: Compressible, factors: Factors, rank: Rank,
               **options: Any) -> nn.Module:
         left, right = factors

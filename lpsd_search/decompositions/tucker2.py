@@ -165,6 +165,12 @@ class Tucker2(Decomposition):
         u_out, core, u_in, _ = tucker2_fit(blocks, out_rank, in_rank, iters, tol)
         return u_out, core, u_in
 
+    def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
+                    **options: Any) -> torch.Tensor:
+        u_out, core, u_in = factors
+        blocks = torch.einsum("goa,gabs,gib->gois", u_out, core, u_in)
+        return blocks.reshape(geom.out_channels, geom.in_per_group, *geom.kernel_size)
+
     def build(self, layer: Compressible, factors: Factors, rank: Rank,
               **options: Any) -> nn.Module:
         u_out, core, u_in = factors
