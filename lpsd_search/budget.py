@@ -6,11 +6,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from lpsd_search.decompositions import get_method
+from lpsd_search.decompositions import LayerGeometry, get_method
 from lpsd_search.errors import UserInputError
 from lpsd_search.layers import TargetLayer
 from lpsd_search.measure import ModelSize
 from lpsd_search.plan import NONE, LayerChoice, Plan
+from lpsd_search.sparse import sparse_bytes, sparse_flops, sparse_params
 
 _WHOLE = re.compile(r"^\s*\d+\s*$")
 
@@ -77,6 +78,31 @@ def parse_budget(text: str | float) -> BudgetSpec:
     return BudgetSpec(raw, fraction=fraction)
 
 
+def choice_size(geom: LayerGeometry, choice: LayerChoice, dtype_bytes: int = 4) -> ModelSize:
+    """Params, bytes and FLOPs of one layer built as ``choice`` (closed form, nothing built).
+
+    The low-rank part is priced by its method; a sparse residual adds its kept values, their
+    index (the cheaper of CSR and a bitmap) and one multiply-add per kept entry and output
+    position. A layer that is only sparsified keeps its bias in the sparse stage.
+    """
+    params = bytes_ = flops = 0
+    if choice.method != NONE:
+        assert choice.rank is not None  # guaranteed by LayerChoice
+        method = get_method(choice.method)
+        params = method.params(geom, choice.rank)
+        bytes_ = method.bytes(geom, choice.rank, dtype_bytes)
+        flops = method.flops(geom, choice.rank)
+    elif choice.sparsity:
+        params, bytes_ = geom.bias_params, geom.bias_params * dtype_bytes
+    else:
+        return ModelSize(geom.dense_params, geom.dense_bytes(dtype_bytes), geom.dense_flops)
+    if choice.sparsity:
+        params += sparse_params(geom, choice.sparsity)
+        bytes_ += sparse_bytes(geom, choice.sparsity, dtype_bytes)
+        flops += sparse_flops(geom, choice.sparsity)
+    return ModelSize(params, bytes_, flops)
+
+
 Request = tuple[str, float]
 """What a search samples for one layer: (method, rank as a fraction of the layer's params)."""
 
@@ -98,15 +124,14 @@ class Pricer:
 
     def size(self, plan: Plan) -> ModelSize:
         """Params, bytes and FLOPs the built model will have."""
-        params, flops = self.baseline.params, self.baseline.flops
+        params, bytes_, flops = self.baseline.params, self.baseline.bytes, self.baseline.flops
         for name, choice in plan.compressed().items():
             geom = self.targets[name].geometry
-            assert choice.rank is not None
-            method = get_method(choice.method)
-            params += method.params(geom, choice.rank) - geom.dense_params
-            flops += method.flops(geom, choice.rank) - geom.dense_flops
-        saved = self.baseline.params - params
-        return ModelSize(params, self.baseline.bytes - saved * self.dtype_bytes, flops)
+            layer = choice_size(geom, choice, self.dtype_bytes)
+            params += layer.params - geom.dense_params
+            bytes_ += layer.bytes - geom.dense_bytes(self.dtype_bytes)
+            flops += layer.flops - geom.dense_flops
+        return ModelSize(params, bytes_, flops)
 
     def resolve(self, requests: Mapping[str, Request], scale: float = 1.0) -> Plan:
         """Concrete ranks for ``requests``, every fraction multiplied by ``scale``."""

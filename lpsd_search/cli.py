@@ -1,4 +1,4 @@
-"""The ``lpsd-search`` command line: train, search, demo.
+"""The ``lpsd-search`` command line: train, search, compress, demo.
 
 Bad input prints one line (``lpsd-search: error: …``) and exits with status 2.
 """
@@ -100,6 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trained weights (lpsd-search train); default: train and cache")
     _add_search(search, demo=False)
 
+    compress = commands.add_parser(
+        "compress", help="whole-model LPSD (Sparsification), ALPSD or low-rank, no search")
+    _add_common(compress)
+    compress.add_argument("--checkpoint", default=None,
+                          help="trained weights (lpsd-search train); default: train and cache")
+    compress.add_argument("--method", default="lpsd", choices=["lpsd", "alpsd", "lowrank"],
+                          help="lpsd: low rank + global sparsification; alpsd: alternating fit "
+                               "with global then local sparsity selection; lowrank: no sparse "
+                               "part")
+    compress.add_argument("--budget", required=True,
+                          help="at most this fraction of the baseline's parameters (0.05), "
+                               "or this many parameters (50000)")
+    compress.add_argument("--low-rank", default="alds",
+                          help="low-rank method of the L part (default alds, as in the paper)")
+    compress.add_argument("--sparse-share", type=float, default=0.3,
+                          help="share of the compressible layers' budget spent on sparse entries")
+    compress.add_argument("--local-passes", type=_positive_int, default=1,
+                          help="ALPSD local-selection passes over the layers (0 skips it)")
+    compress.add_argument("--finetune-steps", type=_positive_int, default=200)
+    compress.add_argument("--finetune-lr", type=_positive_float, default=3e-3)
+    compress.add_argument("--batch-size", type=_positive_int, default=64)
+    compress.add_argument("--train-epochs", type=_positive_float, default=30.0)
+    compress.add_argument("--cache-dir", type=Path, default=None)
+    compress.add_argument("--out", type=Path, default=Path("lpsd-compress"),
+                          help="folder for plan.json")
+
     demo = commands.add_parser("demo", help="digits + small CNN: a complete search in minutes")
     demo.add_argument("--seed", type=_positive_int, default=0)
     demo.add_argument("--device", default="auto")
@@ -122,6 +148,33 @@ def _train(args: argparse.Namespace) -> None:
                     meta={**scores, "epochs": args.epochs, "lr": args.lr, "seed": args.seed})
     print(f"saved {args.out}: validation accuracy {scores['accuracy']:.4f}, "
           f"test accuracy {scores['test_accuracy']:.4f}")
+
+
+def _compress(args: argparse.Namespace) -> None:
+    from lpsd_search.baseline import BaselineConfig
+    from lpsd_search.compress import CompressConfig
+    from lpsd_search.compress_run import CompressOptions, run_compress
+    from lpsd_search.decompositions import get_method
+    from lpsd_search.train import TrainConfig
+
+    get_method(args.low_rank)  # an unknown method fails before any data is loaded
+    options = CompressOptions(
+        model=args.model, data=args.data, budget=args.budget, out=args.out,
+        config=CompressConfig(procedure=args.method, low_rank=args.low_rank,
+                              sparse_share=args.sparse_share, local_passes=args.local_passes),
+        checkpoint=args.checkpoint,
+        finetune=TrainConfig(args.finetune_steps, args.finetune_lr, args.batch_size,
+                             seed=args.seed),
+        baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
+        device=args.device, cache_dir=args.cache_dir, seed=args.seed,
+    )
+    document = run_compress(options)
+    base, result = document["baseline"], document["compressed"]
+    print(f"{args.method}: {result['params']:,} params ({result['compression']:.1f}x smaller "
+          f"than {base['params']:,}), validation accuracy {result['accuracy']:.2%} "
+          f"({result['accuracy_before_finetune']:.2%} before the fine-tune; baseline "
+          f"{base['accuracy']:.2%}), test {result['test_accuracy']:.2%}")
+    print(f"plan: {args.out / 'plan.json'}")
 
 
 def _search(args: argparse.Namespace) -> None:
@@ -165,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             _train(args)
+        elif args.command == "compress":
+            _compress(args)
         else:
             _search(args)
     except UserInputError as error:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lpsd_search.data import DataSplits
+from lpsd_search.decompositions.cache import FactorCache
 from lpsd_search.measure import ModelSize, measure
 from lpsd_search.plan import Plan, apply_plan
 from lpsd_search.train import TrainConfig, accuracy, train
@@ -53,11 +54,14 @@ class Evaluator:
         data: the train / validation / test splits.
         finetune: fine-tuning settings applied to every compressed model.
         device: where decomposition, fine-tuning and evaluation run.
+        cache: factors shared by every plan this evaluator builds (trials repeat layers).
     """
 
     def __init__(self, model: nn.Module, data: DataSplits, finetune: TrainConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, cache: FactorCache | None = None) -> None:
         self.model = model.to(device).eval()
+        # One cache for every plan of this evaluator: a search's trials repeat most layers.
+        self.cache = cache if cache is not None else FactorCache()
         self.data = data
         self.finetune = finetune
         self.device = device
@@ -81,7 +85,7 @@ class Evaluator:
 
     def build(self, plan: Plan) -> nn.Module:
         """The compressed model of ``plan`` before fine-tuning."""
-        return apply_plan(self.model, plan)
+        return apply_plan(self.model, plan, self.cache)
 
     def evaluate(self, plan: Plan) -> tuple[Measurement, nn.Module]:
         """Build, fine-tune and measure ``plan``.

@@ -11,11 +11,12 @@ from typing import Any
 
 import optuna
 import torch
+from torch import nn
 
 from lpsd_search.baseline import BaselineConfig, cached_baseline, load_model
 from lpsd_search.budget import Pricer, parse_budget
 from lpsd_search.controller import SearchConfig, open_study, run_search
-from lpsd_search.data import load_data
+from lpsd_search.data import DataSplits, load_data
 from lpsd_search.errors import UserInputError
 from lpsd_search.evaluate import Evaluator
 from lpsd_search.layers import find_layers
@@ -80,6 +81,17 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def prepare_baseline(model_spec: str, data: DataSplits, checkpoint: str | None,
+                     config: BaselineConfig, device: torch.device,
+                     cache_dir: Path | None) -> nn.Module:
+    """The dense model to compress: ``checkpoint``'s weights, or a trained and cached baseline."""
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise UserInputError(f"cannot read checkpoint {checkpoint!r}: no such file")
+        return load_model(model_spec, data, checkpoint, device)
+    return cached_baseline(model_spec, data, config, device, cache_dir)
+
+
 def search(options: SearchOptions,
            on_trial: Callable[[optuna.Study], None] | None = None,
            on_start: Callable[[optuna.Study], None] | None = None) -> dict[str, Any]:
@@ -99,10 +111,8 @@ def search(options: SearchOptions,
     if options.checkpoint is not None and not Path(options.checkpoint).is_file():
         raise UserInputError(f"cannot read checkpoint {options.checkpoint!r}: no such file")
     data = load_data(options.data, seed=options.search.seed)
-    if options.checkpoint is not None:
-        model = load_model(options.model, data, options.checkpoint, device)
-    else:
-        model = cached_baseline(options.model, data, options.baseline, device, options.cache_dir)
+    model = prepare_baseline(options.model, data, options.checkpoint, options.baseline, device,
+                             options.cache_dir)
 
     evaluator = Evaluator(model, data, options.finetune, device)
     baseline = evaluator.baseline()

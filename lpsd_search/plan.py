@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from lpsd_search.decompositions import Rank, get_method
+from lpsd_search.decompositions import Rank, decompose_layer
 from lpsd_search.errors import UserInputError
 from lpsd_search.layers import set_submodule
+
+if TYPE_CHECKING:
+    from lpsd_search.decompositions.cache import FactorCache
 
 NONE = "none"
 """The method name that leaves a layer dense."""
@@ -22,25 +25,38 @@ class LayerChoice:
     """What to do with one layer.
 
     Attributes:
-        method: a registered decomposition, or ``"none"`` to keep the layer dense.
+        method: a registered decomposition, or ``"none"`` for no low-rank part.
         rank: the method's concrete natural rank (None for ``"none"``).
-        sparsity: fraction of the dense layer's entries kept in a sparse residual (0 = none).
+        sparsity: fraction of the dense layer's entries kept in a sparse residual (0 = none);
+            with method ``"none"`` the layer is only sparsified (magnitude pruning).
+        alternating: fit the low-rank and sparse parts by alternating (ALPSD) rather than in
+            one pass (Sparsification); needs a method and a sparsity.
     """
 
     method: str = NONE
     rank: Rank | None = None
     sparsity: float = 0.0
+    alternating: bool = False
 
     def __post_init__(self) -> None:
         if self.method != NONE and self.rank is None:
             raise UserInputError(f"method {self.method!r} needs a rank; valid: an int or a tuple")
         if not 0.0 <= self.sparsity <= 1.0:
             raise UserInputError(f"sparsity {self.sparsity} is invalid; valid: a float in [0, 1]")
+        if self.alternating and (self.method == NONE or not self.sparsity):
+            raise UserInputError(
+                "alternating needs a low-rank method and a sparsity > 0; valid: alternating "
+                "false, or both set"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form: ``{"method", "rank", "sparsity"}`` (tuple ranks become lists)."""
+        """JSON-ready form: ``{"method", "rank", "sparsity"}`` (tuple ranks become lists), plus
+        ``"alternating": true`` for ALPSD layers."""
         rank = list(self.rank) if isinstance(self.rank, tuple) else self.rank
-        return {"method": self.method, "rank": rank, "sparsity": self.sparsity}
+        data: dict[str, Any] = {"method": self.method, "rank": rank, "sparsity": self.sparsity}
+        if self.alternating:
+            data["alternating"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerChoice:
@@ -50,14 +66,15 @@ class LayerChoice:
             method=str(data.get("method", NONE)),
             rank=tuple(int(r) for r in rank) if isinstance(rank, (list, tuple)) else rank,
             sparsity=float(data.get("sparsity", 0.0)),
+            alternating=bool(data.get("alternating", False)),
         )
 
     def describe(self) -> str:
-        """Short text such as ``tucker2(8,4)`` or ``none``."""
+        """Short text: ``tucker2(8,4)``, ``svd(3)+s0.02`` (ALPSD: ``+S``), ``sparse(0.1)``."""
         if self.method == NONE:
-            return NONE
+            return f"sparse({self.sparsity:.3g})" if self.sparsity else NONE
         rank = ",".join(map(str, self.rank)) if isinstance(self.rank, tuple) else str(self.rank)
-        sparse = f"+s{self.sparsity:.3g}" if self.sparsity else ""
+        sparse = f"+{'S' if self.alternating else 's'}{self.sparsity:.3g}" if self.sparsity else ""
         return f"{self.method}({rank}){sparse}"
 
 
@@ -89,12 +106,13 @@ class Plan:
         return " ".join(parts) if parts else "dense"
 
 
-def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
+def apply_plan(model: nn.Module, plan: Plan, cache: FactorCache | None = None) -> nn.Module:
     """A copy of ``model`` with every planned layer replaced by its decomposition.
 
     Args:
         model: the dense model (left untouched).
         plan: the per-layer choices.
+        cache: factors shared between calls (the trials of a search reuse each other's).
 
     Returns:
         A new model built only from plain modules.
@@ -102,13 +120,11 @@ def apply_plan(model: nn.Module, plan: Plan) -> nn.Module:
     compressed = copy.deepcopy(model)
     modules = dict(compressed.named_modules())
     for name, choice in plan.compressed().items():
-        if choice.sparsity:
-            raise UserInputError(
-                f"layer {name!r}: sparse residuals are not available yet; valid sparsity: 0"
-            )
         layer = modules.get(name)
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise UserInputError(f"plan names {name!r}, which is not a Conv2d or Linear layer")
-        assert choice.rank is not None  # guaranteed by LayerChoice.__post_init__
-        set_submodule(compressed, name, get_method(choice.method).decompose(layer, choice.rank))
+        replacement = decompose_layer(layer, choice.method, choice.rank or 0,
+                                      sparsity=choice.sparsity,
+                                      alternating=choice.alternating, cache=cache)
+        set_submodule(compressed, name, replacement)
     return compressed

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lpsd_search.sparse import enforce_masks, mask_gradients, masked_weights
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,6 +65,10 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
           device: torch.device) -> float:
     """Train ``model`` in place for ``config.steps`` steps with AdamW and a cosine schedule.
 
+    Sparse weights (LPSD's residual branches) keep their pattern: their gradients are masked
+    before every step, so no optimiser state builds up outside the mask, and the weights are
+    masked again after it, so the stored size never grows whatever the optimiser does.
+
     Returns:
         The mean loss over the last 10 % of the steps.
 
@@ -79,6 +85,7 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
     loss_fn = nn.CrossEntropyLoss()
     tail: list[float] = []
     stream = _endless(dataset, config.batch_size, generator)
+    sparse = masked_weights(model)
     for step in range(config.steps):
         inputs, labels = next(stream)
         inputs, labels = inputs.to(device), labels.to(device)
@@ -87,7 +94,9 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
             raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        mask_gradients(sparse)
         optimiser.step()
+        enforce_masks(sparse)
         schedule.step()
         if step >= config.steps * 0.9:
             tail.append(loss.item())
