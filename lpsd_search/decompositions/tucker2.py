@@ -7,7 +7,8 @@ a 1×1 conv ``g·r_o → O`` carrying the bias. Grouped convs are decomposed per
 The fit: ``U_in`` from the Gram matrix of the input-mode unfolding, ``U_out`` from the Gram matrix
 of ``W`` projected on ``U_in`` (sequentially truncated HOSVD, Vannieuwenhoven et al. 2012), then
 HOOI sweeps (De Lathauwer et al. 2000) until the relative error improves by less than ``tol``.
-Every step is a matmul plus an ``eigh`` of a channel-sized Gram matrix, and the error comes for
+Every step is a matmul plus an eigenproblem of a channel-sized Gram matrix (after the start, one
+Rayleigh–Ritz step from the previous factor: see ``refine_eigenvectors``), and the error comes for
 free from the eigenvalues (‖W − Ŵ‖² = ‖W‖² − ‖G‖² for orthonormal factors). A mode kept at full
 rank gets an identity factor, so full rank is exact.
 """
@@ -29,7 +30,11 @@ from lpsd_search.decompositions.base import (
     Rank,
 )
 from lpsd_search.decompositions.modules import layer_bias, pointwise_stage, spatial_stage
-from lpsd_search.decompositions.svd import leading_eigenvectors, leading_subspace
+from lpsd_search.decompositions.svd import (
+    leading_eigenvectors,
+    leading_subspace,
+    refine_eigenvectors,
+)
 
 __all__ = ["Tucker2", "leading_subspace", "tucker2_fit"]
 
@@ -64,15 +69,25 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
     def error_of(kept: torch.Tensor) -> float:
         return math.sqrt(max(norm2 - float(kept.sum()), 0.0) / max(norm2, 1e-30))
 
-    def out_step(u_in: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def top(gram: torch.Tensor, rank: int,
+            previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # A HOOI sweep moves each subspace only a little: refining the previous one is exact at
+        # the fixed point and far cheaper than a full eigendecomposition.
+        if previous is None:
+            return leading_eigenvectors(gram, rank)
+        return refine_eigenvectors(gram, previous)
+
+    def out_step(u_in: torch.Tensor,
+                 previous: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         projected = (by_out @ u_in).reshape(g, n_out, area * u_in.shape[2])
-        values, u_out = leading_eigenvectors(projected @ projected.transpose(1, 2), out_rank)
+        values, u_out = top(projected @ projected.transpose(1, 2), out_rank, previous)
         return u_out, error_of(values)
 
-    def in_step(u_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def in_step(u_out: torch.Tensor,
+                previous: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         projected = (by_in @ u_out).reshape(g, n_in, area * u_out.shape[2])
-        values, u_in = leading_eigenvectors(projected @ projected.transpose(1, 2), in_rank)
-        return u_in, projected, error_of(values)
+        values, u_in = top(projected @ projected.transpose(1, 2), in_rank, previous)
+        return u_in, error_of(values)
 
     eye = torch.eye
     if in_rank == n_in:  # Tucker-1 on the output mode: one eigh is optimal, no sweeps
@@ -80,15 +95,15 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
         u_out, error = out_step(u_in)
     elif out_rank == n_out:
         u_out = eye(n_out, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
-        u_in, _, error = in_step(u_out)
+        u_in, error = in_step(u_out)
     else:
         unfolded = by_in.reshape(g, n_in, area * n_out)
         u_in = leading_subspace(unfolded, in_rank)
         u_out, error = out_step(u_in)
         for _ in range(iters):
             previous = error
-            u_in, _, _ = in_step(u_out)
-            u_out, error = out_step(u_in)
+            u_in, _ = in_step(u_out, u_in)
+            u_out, error = out_step(u_in, u_out)
             if previous - error < tol:
                 break
     # core[r, s, a] = Σ_o Σ_i U_out[o, r] W[o, i, a] U_in[i, s]
