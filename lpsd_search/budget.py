@@ -89,9 +89,10 @@ def choice_size(geom: LayerGeometry, choice: LayerChoice, dtype_bytes: int = 4) 
     if choice.method != NONE:
         assert choice.rank is not None  # guaranteed by LayerChoice
         method = get_method(choice.method)
-        params = method.params(geom, choice.rank)
-        bytes_ = method.bytes(geom, choice.rank, dtype_bytes)
-        flops = method.flops(geom, choice.rank)
+        options = {k: v for k, v in choice.options if k in method.structural_options}
+        params = method.params(geom, choice.rank, **options)
+        bytes_ = method.bytes(geom, choice.rank, dtype_bytes, **options)
+        flops = method.flops(geom, choice.rank, **options)
     elif choice.sparsity:
         params, bytes_ = geom.bias_params, geom.bias_params * dtype_bytes
     else:

@@ -211,6 +211,11 @@ def _objective_fn(model: nn.Module, layers: dict[str, _Layer],
     return score
 
 
+def _room(layer: _Layer) -> int:
+    """Entries of the layer's weight that its sparse part does not hold yet."""
+    return layer.weight.numel() - layer.kept
+
+
 def _gain(layer: _Layer, entries: int) -> float:
     """Relative squared error removed by keeping ``entries`` more residual entries."""
     outside = (layer.residual * ~layer.mask).abs().flatten()
@@ -239,12 +244,15 @@ def _local_selection(layers: dict[str, _Layer], config: CompressConfig,
         if not others:
             break
         candidates = []
-        if layer.kept >= step:  # give: to the layer that gains most from `step` more entries
-            partner = max(others, key=lambda n: _gain(layers[n], step))
+        # A layer can only receive entries it has room for: ``kept`` never exceeds the weight's
+        # entries (a small layer such as a 1-channel stem fills up; topk would then fail).
+        receivers = [n for n in others if _room(layers[n]) >= step]
+        if layer.kept >= step and receivers:  # give: to the layer that gains most
+            partner = max(receivers, key=lambda n: _gain(layers[n], step))
             candidates.append((name, partner))
-        takers = [n for n in others if layers[n].kept >= step]
-        if takers:  # take: from the layer that loses least
-            partner = min(takers, key=lambda n: _loss(layers[n], step))
+        donors = [n for n in others if layers[n].kept >= step]
+        if donors and _room(layer) >= step:  # take: from the layer that loses least
+            partner = min(donors, key=lambda n: _loss(layers[n], step))
             candidates.append((partner, name))
         for source, target in candidates:
             saved = {n: (layers[n].kept, layers[n].residual, layers[n].mask, layers[n].error,

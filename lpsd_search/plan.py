@@ -7,11 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from lpsd_search.decompositions import Rank, decompose_layer
+from lpsd_search.decompositions import Rank, decompose_layer, get_method
 from lpsd_search.errors import UserInputError
 from lpsd_search.layers import set_submodule
+from lpsd_search.sparse import AddBranches, sparse_stage
 
 if TYPE_CHECKING:
     from lpsd_search.decompositions.cache import FactorCache
@@ -31,12 +33,15 @@ class LayerChoice:
             with method ``"none"`` the layer is only sparsified (magnitude pruning).
         alternating: fit the low-rank and sparse parts by alternating (ALPSD) rather than in
             one pass (Sparsification); needs a method and a sparsity.
+        options: the method's options as sorted ``(name, value)`` pairs (e.g. cp
+            ``("variant", "cp3")``, alds ``("k", 2)``); values are JSON scalars or int tuples.
     """
 
     method: str = NONE
     rank: Rank | None = None
     sparsity: float = 0.0
     alternating: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if self.method != NONE and self.rank is None:
@@ -48,6 +53,16 @@ class LayerChoice:
                 "alternating needs a low-rank method and a sparsity > 0; valid: alternating "
                 "false, or both set"
             )
+        if self.options and self.method == NONE:
+            raise UserInputError("method 'none' takes no options; valid: options = {}")
+        # Canonical order, so equal choices compare (and hash) equal.
+        object.__setattr__(self, "options", tuple(sorted(
+            (str(k), tuple(v) if isinstance(v, list) else v) for k, v in self.options)))
+
+    @property
+    def option_dict(self) -> dict[str, Any]:
+        """The options as keyword arguments for the method."""
+        return dict(self.options)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: ``{"method", "rank", "sparsity"}`` (tuple ranks become lists), plus
@@ -56,6 +71,9 @@ class LayerChoice:
         data: dict[str, Any] = {"method": self.method, "rank": rank, "sparsity": self.sparsity}
         if self.alternating:
             data["alternating"] = True
+        if self.options:
+            data["options"] = {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in self.options}
         return data
 
     @classmethod
@@ -67,6 +85,7 @@ class LayerChoice:
             rank=tuple(int(r) for r in rank) if isinstance(rank, (list, tuple)) else rank,
             sparsity=float(data.get("sparsity", 0.0)),
             alternating=bool(data.get("alternating", False)),
+            options=tuple(dict(data.get("options") or {}).items()),
         )
 
     def describe(self) -> str:
@@ -75,7 +94,9 @@ class LayerChoice:
             return f"sparse({self.sparsity:.3g})" if self.sparsity else NONE
         rank = ",".join(map(str, self.rank)) if isinstance(self.rank, tuple) else str(self.rank)
         sparse = f"+{'S' if self.alternating else 's'}{self.sparsity:.3g}" if self.sparsity else ""
-        return f"{self.method}({rank}){sparse}"
+        options = ",".join(f"{k}={v}" for k, v in self.options)
+        method = f"{self.method}[{options}]" if options else self.method
+        return f"{method}({rank}){sparse}"
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,36 @@ def apply_plan(model: nn.Module, plan: Plan, cache: FactorCache | None = None) -
             raise UserInputError(f"plan names {name!r}, which is not a Conv2d or Linear layer")
         replacement = decompose_layer(layer, choice.method, choice.rank or 0,
                                       sparsity=choice.sparsity,
-                                      alternating=choice.alternating, cache=cache)
+                                      alternating=choice.alternating, cache=cache,
+                                      **choice.option_dict)
         set_submodule(compressed, name, replacement)
     return compressed
+
+
+def build_skeleton(model: nn.Module, plan: Plan) -> nn.Module:
+    """A copy of ``model`` with the structure ``apply_plan`` would give, weights left at zero.
+
+    Nothing is factorised: this is what a saved compressed model's state dict is loaded into
+    (``lpsd_search.load``), so loading costs no decomposition and runs no code from the file.
+    """
+    compressed = copy.deepcopy(model)
+    modules = dict(compressed.named_modules())
+    for name, choice in plan.compressed().items():
+        layer = modules.get(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise UserInputError(f"plan names {name!r}, which is not a Conv2d or Linear layer")
+        set_submodule(compressed, name, skeleton_layer(layer, choice))
+    return compressed
+
+
+def skeleton_layer(layer: nn.Conv2d | nn.Linear, choice: LayerChoice) -> nn.Module:
+    """The replacement of one layer for ``choice``, with zero weights (see ``build_skeleton``)."""
+    weight = layer.weight.detach()
+    no_mask = torch.zeros_like(weight, dtype=torch.bool)
+    if choice.method == NONE:
+        return sparse_stage(layer, torch.zeros_like(weight), no_mask, bias=layer.bias)
+    assert choice.rank is not None  # guaranteed by LayerChoice
+    low_rank = get_method(choice.method).skeleton(layer, choice.rank, **choice.option_dict)
+    if not choice.sparsity:
+        return low_rank
+    return AddBranches(low_rank, sparse_stage(layer, torch.zeros_like(weight), no_mask))

@@ -135,6 +135,26 @@ def test_reconstruct_is_the_kernel_the_built_module_computes(method, name):
         torch.testing.assert_close(built(x), equivalent(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("method", "name"), CASES)
+def test_skeleton_has_the_structure_of_the_decomposition(method, name):
+    # Loading a saved compressed model builds skeletons and loads the weights into them.
+    layer, x = _layer(name)
+    decomposition = get_method(method)
+    geom = LayerGeometry.of(layer)
+    rank = decomposition.resolve_rank(geom, 0.2)
+    weight = layer.weight.detach()
+    weight = weight[:, :, None, None] if isinstance(layer, nn.Linear) else weight
+    shapes = [tuple(f.shape) for f in decomposition.factorize(weight, geom, rank)]
+    assert shapes == decomposition.factor_shapes(geom, rank)
+    built = decompose_layer(layer, method, rank)
+    skeleton = decomposition.skeleton(layer, rank)
+    expected = {k: v.shape for k, v in built.state_dict().items()}
+    assert {k: v.shape for k, v in skeleton.state_dict().items()} == expected
+    skeleton.load_state_dict(built.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(skeleton(x), built(x))
+
+
 @pytest.mark.parametrize("method", EXACT_AT_FULL_RANK)
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_full_rank_reproduces_the_dense_layer(method, name):

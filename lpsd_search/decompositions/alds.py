@@ -95,6 +95,12 @@ class ALDS(Decomposition):
                                     as_int_rank(rank))
         return left, right  # g·k × O/g × r, g·k × r × (I/(g·k)·kh·kw)
 
+    def factor_shapes(self, geom: LayerGeometry, rank: Rank,
+                      **options: Any) -> list[tuple[int, ...]]:
+        r, k = as_int_rank(rank), self.splits(geom, options)
+        chunk = geom.in_per_group // k * geom.kernel_area
+        return [(geom.groups * k, geom.out_per_group, r), (geom.groups * k, r, chunk)]
+
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
         left, right = factors

@@ -196,6 +196,26 @@ class Decomposition(ABC):
               **options: Any) -> nn.Module:
         """Wrap ``factors`` into plain modules equivalent to ``layer`` at that rank."""
 
+    @abstractmethod
+    def factor_shapes(self, geom: LayerGeometry, rank: Rank,
+                      **options: Any) -> list[tuple[int, ...]]:
+        """Shapes of the tensors ``factorize`` returns for this geometry and concrete rank."""
+
+    def skeleton(self, layer: Compressible, rank: Rank, **options: Any) -> nn.Module:
+        """The module ``decompose`` would build, with zero weights and no factorisation.
+
+        What loading a saved compressed model needs: the structure, into which a state dict is
+        then loaded. The bias is copied (a layer's own bias is kept by every method).
+        """
+        structural = {k: v for k, v in options.items() if k in self.structural_options}
+        geom = LayerGeometry.of(layer)
+        concrete = self.check_rank(geom, rank, **structural)
+        weight = layer.weight
+        factors = tuple(torch.zeros(shape, dtype=weight.dtype, device=weight.device)
+                        for shape in self.factor_shapes(geom, concrete, **structural))
+        with torch.no_grad():
+            return self.build(layer, factors, concrete, **structural)
+
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
         """The dense kernel ``O × I/g × kh × kw`` that ``factors`` represent.

@@ -324,6 +324,13 @@ class CP(Decomposition):
                             seed=seed)
         return tuple(factors)
 
+    def factor_shapes(self, geom: LayerGeometry, rank: Rank,
+                      **options: Any) -> list[tuple[int, ...]]:
+        r, g = as_int_rank(rank), geom.groups
+        axes = _spatial_axes(geom, self._variant(options))
+        return [(g, geom.out_per_group, r), (g, geom.in_per_group, r),
+                *((g, n, r) for n in axes)]
+
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
         # W[g, o, i, s] = Σ_r A[g, o, r] B[g, i, r] K[g, s, r], K the Khatri–Rao product of the

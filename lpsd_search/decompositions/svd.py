@@ -146,6 +146,11 @@ class SVD(Decomposition):
         left, right = truncated_svd(weight.reshape(g, geom.out_per_group, -1), as_int_rank(rank))
         return left, right  # g × O/g × r, g × r × (I/g·kh·kw)
 
+    def factor_shapes(self, geom: LayerGeometry, rank: Rank,
+                      **options: Any) -> list[tuple[int, ...]]:
+        r, g = as_int_rank(rank), geom.groups
+        return [(g, geom.out_per_group, r), (g, r, geom.in_per_group * geom.kernel_area)]
+
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
         left, right = factors

@@ -306,6 +306,12 @@ class TensorTrain(Decomposition):
         train = blocks.permute(order).reshape(geom.groups, *layout.modes)
         return tuple(tt_svd(train, ranks))
 
+    def factor_shapes(self, geom: LayerGeometry, rank: Rank,
+                      **options: Any) -> list[tuple[int, ...]]:
+        modes = self.layout(geom, options).modes
+        bonds = (1, *self.check_rank(geom, rank, **options), 1)
+        return [(geom.groups, bonds[k], mode, bonds[k + 1]) for k, mode in enumerate(modes)]
+
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
         layout = self.layout(geom, options)

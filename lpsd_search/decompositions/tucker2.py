@@ -180,6 +180,13 @@ class Tucker2(Decomposition):
         u_out, core, u_in, _ = tucker2_fit(blocks, out_rank, in_rank, iters, tol)
         return u_out, core, u_in
 
+    def factor_shapes(self, geom: LayerGeometry, rank: Rank,
+                      **options: Any) -> list[tuple[int, ...]]:
+        out_rank, in_rank = _pair(rank)
+        g = geom.groups
+        return [(g, geom.out_per_group, out_rank), (g, out_rank, in_rank, geom.kernel_area),
+                (g, geom.in_per_group, in_rank)]
+
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
         u_out, core, u_in = factors
