@@ -6,6 +6,8 @@ Ray, and never initialises CUDA.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lpsd_search.decompositions import DECOMPOSITIONS, LayerGeometry, decompose_layer
 from lpsd_search.errors import UserInputError
 
@@ -17,4 +19,19 @@ __all__ = [
     "UserInputError",
     "__version__",
     "decompose_layer",
+    "load",
+    "search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The search pulls in Optuna; import it only when it is asked for.
+    if name == "search":
+        from lpsd_search.api import search
+
+        return search
+    if name == "load":
+        from lpsd_search.export import load
+
+        return load
+    raise AttributeError(f"module 'lpsd_search' has no attribute {name!r}")

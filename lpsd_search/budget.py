@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from lpsd_search.decompositions import LayerGeometry, get_method
 from lpsd_search.errors import UserInputError
@@ -14,25 +15,39 @@ from lpsd_search.plan import NONE, LayerChoice, Plan
 from lpsd_search.sparse import sparse_bytes, sparse_flops, sparse_params
 
 _WHOLE = re.compile(r"^\s*\d+\s*$")
+METRICS = ("params", "bytes", "flops")
+SPARSE = "sparse"
+"""Pseudo-method of a search space: no low-rank part, only the sparse residual (pruning)."""
+TINY = 1e-9
 
 
 @dataclass(frozen=True)
 class Budget:
-    """An upper bound on the compressed model's parameters.
+    """An upper bound on one size metric of the compressed model.
 
     Attributes:
-        limit: the largest allowed parameter count.
-        fraction: ``limit`` as a fraction of the baseline's parameters.
-        requested: the text the user gave (``"0.1"`` or ``"50000"``).
+        limit: the largest allowed value of ``metric``.
+        fraction: ``limit`` as a fraction of the baseline's value.
+        requested: the text the user gave (``"0.1"``, ``"50000"``, ``"flops=0.3"``).
+        metric: ``params``, ``bytes`` or ``flops``.
     """
 
     limit: int
     fraction: float
     requested: str
+    metric: str = "params"
 
     def to_dict(self) -> dict[str, object]:
-        return {"metric": "params", "requested": self.requested, "limit": self.limit,
+        return {"metric": self.metric, "requested": self.requested, "limit": self.limit,
                 "fraction": self.fraction}
+
+    def allows(self, size: ModelSize) -> bool:
+        """Whether ``size`` is within this budget."""
+        return getattr(size, self.metric) <= self.limit
+
+    def excess(self, size: ModelSize) -> float:
+        """Constraint value: ≤ 0 when ``size`` is within budget (relative to the limit)."""
+        return (getattr(size, self.metric) - self.limit) / max(self.limit, 1)
 
 
 @dataclass(frozen=True)
@@ -40,42 +55,71 @@ class BudgetSpec:
     """A budget as the user wrote it, checked but not yet tied to a model.
 
     Attributes:
-        requested: the text (``"0.1"`` or ``"50000"``).
-        fraction: set for a fraction of the baseline's parameters.
-        absolute: set for a whole number of parameters.
+        requested: the text (``"0.1"``, ``"50000"``, ``"bytes=0.05"``).
+        fraction: set for a fraction of the baseline's value.
+        absolute: set for an absolute value.
+        metric: ``params``, ``bytes`` or ``flops``.
     """
 
     requested: str
     fraction: float | None = None
     absolute: int | None = None
+    metric: str = "params"
 
-    def resolve(self, baseline_params: int) -> Budget:
-        """The budget for a model with ``baseline_params`` parameters."""
+    def resolve(self, baseline: int | ModelSize) -> Budget:
+        """The budget for a baseline of this size (an int is its parameter count)."""
+        if isinstance(baseline, ModelSize):
+            base = int(getattr(baseline, self.metric))
+        else:
+            if self.metric != "params":
+                raise ValueError("a non-params budget needs the baseline's ModelSize")
+            base = int(baseline)
         if self.absolute is not None:
-            return Budget(self.absolute, self.absolute / baseline_params, self.requested)
+            return Budget(self.absolute, self.absolute / base, self.requested, self.metric)
         assert self.fraction is not None
-        return Budget(int(self.fraction * baseline_params), self.fraction, self.requested)
+        return Budget(int(self.fraction * base), self.fraction, self.requested, self.metric)
 
 
 def parse_budget(text: str | float) -> BudgetSpec:
-    """Read a budget: a fraction in (0, 1] of the baseline, or a whole number of parameters ≥ 1.
+    """Read a budget: ``[METRIC=]VALUE`` where METRIC is params (default), bytes or flops and
+    VALUE a fraction in (0, 1] of the baseline or a whole number ≥ 1.
 
     Raises:
         UserInputError: for anything else.
     """
     raw = str(text).strip()
-    valid = "valid: a fraction in (0, 1] such as 0.1, or a whole number of parameters ≥ 1"
-    if _WHOLE.match(raw):
-        if int(raw) < 1:
+    metric, _, value = raw.rpartition("=")
+    metric = metric.strip() or "params"
+    if metric not in METRICS:
+        raise UserInputError(
+            f"budget {raw!r} names unknown metric {metric!r}; valid: {', '.join(METRICS)}"
+        )
+    value = value.strip()
+    valid = (f"valid: [{'|'.join(METRICS)}=]VALUE with VALUE a fraction in (0, 1] such as 0.1, "
+             "or a whole number ≥ 1")
+    if _WHOLE.match(value):
+        if int(value) < 1:
             raise UserInputError(f"budget {raw!r} is invalid; {valid}")
-        return BudgetSpec(raw, absolute=int(raw))
+        return BudgetSpec(raw, absolute=int(value), metric=metric)
     try:
-        fraction = float(raw)
+        fraction = float(value)
     except ValueError:
         raise UserInputError(f"budget {raw!r} is not a number; {valid}") from None
     if not 0.0 < fraction <= 1.0:
         raise UserInputError(f"budget {raw!r} is out of range; {valid}")
-    return BudgetSpec(raw, fraction=fraction)
+    return BudgetSpec(raw, fraction=fraction, metric=metric)
+
+
+def parse_budgets(texts: Sequence[str | float]) -> list[BudgetSpec]:
+    """Several budgets; at most one per metric."""
+    specs = [parse_budget(text) for text in texts]
+    if not specs:
+        raise UserInputError("no budget given; valid: at least one --budget such as 0.1")
+    metrics = [spec.metric for spec in specs]
+    for metric in METRICS:
+        if metrics.count(metric) > 1:
+            raise UserInputError(f"two budgets on {metric}; valid: at most one per metric")
+    return specs
 
 
 def choice_size(geom: LayerGeometry, choice: LayerChoice, dtype_bytes: int = 4) -> ModelSize:
@@ -104,12 +148,38 @@ def choice_size(geom: LayerGeometry, choice: LayerChoice, dtype_bytes: int = 4) 
     return ModelSize(params, bytes_, flops)
 
 
-Request = tuple[str, float]
-"""What a search samples for one layer: (method, rank as a fraction of the layer's params)."""
+class Request(NamedTuple):
+    """What a search asks of one layer, before repair.
+
+    Attributes:
+        method: a registered method, ``"none"`` (dense) or ``"sparse"`` (sparse residual only).
+        fraction: the low-rank part's params as a fraction of the dense layer's.
+        sparsity: fraction of the dense weight's entries kept in the sparse residual.
+        alternating: fit L and S by alternation (ALPSD).
+        options: the method's options as ``(name, value)`` pairs.
+    """
+
+    method: str
+    fraction: float = 1.0
+    sparsity: float = 0.0
+    alternating: bool = False
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+Budgets = Budget | Sequence[Budget]
+
+
+def as_budgets(budgets: Budgets) -> list[Budget]:
+    """One budget or several, as a list."""
+    return [budgets] if isinstance(budgets, Budget) else list(budgets)
+
+
+def _describe(budgets: Sequence[Budget]) -> str:
+    return ", ".join(f"{b.metric} ≤ {b.limit:,} ({b.requested})" for b in budgets)
 
 
 class Pricer:
-    """Prices plans in closed form and repairs requests that break the budget.
+    """Prices plans in closed form and repairs requests that break the budgets.
 
     Args:
         targets: the compressible layers with their geometry.
@@ -134,78 +204,106 @@ class Pricer:
             flops += layer.flops - geom.dense_flops
         return ModelSize(params, bytes_, flops)
 
-    def resolve(self, requests: Mapping[str, Request], scale: float = 1.0) -> Plan:
-        """Concrete ranks for ``requests``, every fraction multiplied by ``scale``."""
-        layers = {}
-        for name, (method_name, fraction) in requests.items():
-            if method_name == NONE:
-                layers[name] = LayerChoice()
-                continue
-            geom = self.targets[name].geometry
-            method = get_method(method_name)
-            rank = method.rank_for_params(geom, fraction * scale * geom.dense_params)
-            layers[name] = LayerChoice(method_name, rank)
-        return Plan(layers)
+    def choice(self, name: str, request: Request | tuple[Any, ...], scale: float = 1.0,
+               ) -> LayerChoice:
+        """The concrete choice for one layer's request, rank and sparsity times ``scale``."""
+        request = Request(*request)
+        sparsity = min(1.0, max(request.sparsity * scale, 0.0))
+        if request.method in (NONE, SPARSE):
+            if request.method == NONE or sparsity <= 0.0:
+                return LayerChoice()
+            return LayerChoice(NONE, sparsity=max(sparsity, TINY))
+        geom = self.targets[name].geometry
+        method = get_method(request.method)
+        options = dict(request.options)
+        structural = {k: v for k, v in options.items() if k in method.structural_options}
+        rank = method.rank_for_params(geom, request.fraction * scale * geom.dense_params,
+                                      **structural)
+        alternating = request.alternating and sparsity > 0.0
+        return LayerChoice(request.method, rank, sparsity, alternating, tuple(options.items()))
+
+    def resolve(self, requests: Mapping[str, Request | tuple[Any, ...]],
+                scale: float = 1.0) -> Plan:
+        """Concrete ranks for ``requests``, every fraction and sparsity multiplied by ``scale``."""
+        return Plan({name: self.choice(name, request, scale)
+                     for name, request in requests.items()})
+
+    def _cheapest(self, name: str, methods: Sequence[str]) -> Request | None:
+        geom = self.targets[name].geometry
+        options: list[tuple[int, Request]] = []
+        for m in methods:
+            if m == SPARSE:
+                options.append((geom.bias_params, Request(SPARSE, 1.0, TINY)))
+            elif m != NONE:
+                method = get_method(m)
+                options.append((method.params(geom, method.min_rank(geom)), Request(m, TINY)))
+        return min(options, key=lambda item: item[0])[1] if options else None
+
+    def smallest_size(self, allowed: Mapping[str, Sequence[str]]) -> ModelSize:
+        """Size of the model where every layer takes its cheapest allowed choice."""
+        requests = {}
+        for name, methods in allowed.items():
+            cheapest = self._cheapest(name, methods)
+            requests[name] = cheapest if cheapest is not None else Request(NONE)
+        return self.size(self.resolve(requests))
 
     def smallest(self, allowed: Mapping[str, Sequence[str]]) -> int:
         """The fewest parameters reachable when every layer takes its cheapest allowed choice."""
-        params = self.baseline.params
-        for name, methods in allowed.items():
-            geom = self.targets[name].geometry
-            cheapest = min(
-                (get_method(m).params(geom, get_method(m).min_rank(geom))
-                 for m in methods if m != NONE),
-                default=geom.dense_params,
-            )
-            params -= geom.dense_params - min(cheapest, geom.dense_params)
-        return params
+        return min(self.smallest_size(allowed).params, self.baseline.params)
 
-    def check_reachable(self, budget: Budget, allowed: Mapping[str, Sequence[str]]) -> None:
-        """Fail up front when no plan of the space can meet ``budget``."""
-        smallest = self.smallest(allowed)
-        if smallest > budget.limit:
-            raise UserInputError(
-                f"budget {budget.requested} ({budget.limit} params) cannot be met: the smallest "
-                f"reachable model has {smallest} params; valid: a budget ≥ {smallest} "
-                f"(≥ {smallest / self.baseline.params:.4f} as a fraction)"
-            )
+    def check_reachable(self, budgets: Budgets, allowed: Mapping[str, Sequence[str]]) -> None:
+        """Fail up front when no plan of the space can meet every budget."""
+        smallest = self.smallest_size(allowed)
+        for budget in as_budgets(budgets):
+            low = getattr(smallest, budget.metric)
+            if low > budget.limit:
+                base = getattr(self.baseline, budget.metric)
+                raise UserInputError(
+                    f"budget {budget.requested} ({budget.limit} {budget.metric}) cannot be met: "
+                    f"the smallest reachable model has {low} {budget.metric}; valid: a budget "
+                    f"≥ {low} (≥ {low / base:.4f} as a fraction)"
+                )
 
-    def fit(self, requests: Mapping[str, Request], budget: Budget,
+    def fits(self, plan: Plan, budgets: Budgets) -> bool:
+        """Whether ``plan`` meets every budget (closed form)."""
+        size = self.size(plan)
+        return all(budget.allows(size) for budget in as_budgets(budgets))
+
+    def fit(self, requests: Mapping[str, Request | tuple[Any, ...]], budgets: Budgets,
             allowed: Mapping[str, Sequence[str]]) -> Plan:
-        """The plan for ``requests``, repaired so that it meets ``budget``.
+        """The plan for ``requests``, repaired so that it meets every budget.
 
-        Repair keeps the sampled methods and shrinks every rank by one common factor (found by
-        bisection on the closed-form size). If even the smallest ranks do not fit, the largest
-        dense layers are switched to their cheapest allowed method, one at a time.
+        Repair keeps the sampled methods and shrinks every rank and every sparsity by one
+        common factor (found by bisection on the closed-form sizes). If even the smallest ones
+        do not fit, the largest dense layers are switched to their cheapest allowed method,
+        one at a time.
         """
-        plan = self.resolve(requests)
-        if self.size(plan).params <= budget.limit:
+        budgets = as_budgets(budgets)
+        current = {name: Request(*request) for name, request in requests.items()}
+        plan = self.resolve(current)
+        if self.fits(plan, budgets):
             return plan
-        current = dict(requests)
-        dense = sorted((n for n, (m, _) in current.items() if m == NONE),
+        dense = sorted((n for n, r in current.items() if r.method == NONE),
                        key=lambda n: -self.targets[n].geometry.dense_params)
         while True:
-            if self.size(self.resolve(current, 1e-9)).params <= budget.limit:
-                return self._shrink(current, budget)
+            if self.fits(self.resolve(current, TINY), budgets):
+                return self._shrink(current, budgets)
             if not dense:
                 break
             name = dense.pop(0)
-            methods = [m for m in allowed.get(name, ()) if m != NONE]
-            if methods:
-                geom = self.targets[name].geometry
-                method = min(methods, key=lambda m: get_method(m).params(
-                    geom, get_method(m).min_rank(geom)))
-                current[name] = (method, 1.0)
-        raise UserInputError(
-            f"budget {budget.requested} ({budget.limit} params) cannot be met by this space"
-        )
+            cheapest = self._cheapest(name, allowed.get(name, ()))
+            if cheapest is not None:
+                # Start from a full-size request; the shrink below scales it down to fit.
+                current[name] = cheapest._replace(
+                    fraction=1.0, sparsity=0.01 if cheapest.method == SPARSE else 0.0)
+        raise UserInputError(f"budgets {_describe(budgets)} cannot be met by this space")
 
-    def _shrink(self, requests: Mapping[str, Request], budget: Budget) -> Plan:
-        low, high = 0.0, 1.0  # invariant: scale `low` fits (as 1e-9), `high` does not
+    def _shrink(self, requests: Mapping[str, Request], budgets: Sequence[Budget]) -> Plan:
+        low, high = 0.0, 1.0  # invariant: scale `low` fits (as TINY), `high` does not
         for _ in range(40):
             middle = (low + high) / 2
-            if self.size(self.resolve(requests, middle)).params <= budget.limit:
+            if self.fits(self.resolve(requests, middle), budgets):
                 low = middle
             else:
                 high = middle
-        return self.resolve(requests, max(low, 1e-9))
+        return self.resolve(requests, max(low, TINY))

@@ -16,7 +16,6 @@ from lpsd_search.errors import UserInputError
 
 logger = logging.getLogger("lpsd_search")
 
-DEMO_BUDGET = "0.5"
 DEMO_TRIALS = 20
 DEMO_FINETUNE_STEPS = 150
 
@@ -58,26 +57,54 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
-    parser.add_argument("--budget", default=DEMO_BUDGET if demo else None, required=not demo,
-                        help="at most this fraction of the baseline's parameters (0.1), "
-                             "or this many parameters (50000)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML file of options (keys are the long option names); options "
+                             "given on the command line win")
+    parser.add_argument("--budget", action="append", default=None, required=False,
+                        help="hard budget, repeatable: a fraction of the baseline's parameters "
+                             "(0.1), a parameter count (50000), or bytes=… / flops=…")
     parser.add_argument("--trials", type=_positive_int, default=DEMO_TRIALS,
                         help="completed trials the study should hold (a re-run tops it up)")
     parser.add_argument("--finetune-steps", type=_positive_int,
                         default=DEMO_FINETUNE_STEPS if demo else 200)
     parser.add_argument("--finetune-lr", type=_positive_float, default=3e-3)
     parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--space", default="default", help="search-space preset or TOML file")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                        help="knowledge-distillation weight from the dense model (0 = off)")
+    parser.add_argument("--distill-temperature", type=_positive_float, default=4.0)
+    parser.add_argument("--space", default="default",
+                        help="search-space preset (default, svd, tucker-vbmf, mtd, lpsd, alpsd, "
+                             "all) or TOML file")
+    parser.add_argument("--objectives", default="default",
+                        help="objectives preset (default, bytes, flops, latency, loss, "
+                             "size-and-speed), TOML file, or a list such as accuracy,flops")
+    parser.add_argument("--latency-batch", type=_positive_int, default=None,
+                        help="batch size of the measured latency objective")
+    parser.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
+    parser.add_argument("--strategy", default="global-local", choices=["global-local", "flat"],
+                        help="global knobs first, then per-layer refinements; or flat")
+    parser.add_argument("--global-share", type=float, default=0.4,
+                        help="share of the trials in the global stage")
+    parser.add_argument("--warm-starts", default="uniform,vbmf,alds,lpsd,alpsd",
+                        help="heuristic plans run first (comma list; those the space cannot "
+                             "express are skipped)")
+    parser.add_argument("--no-warm-start", action="store_true", help="no warm starts")
+    parser.add_argument("--promote-steps", type=_positive_int, default=None,
+                        help="fine-tune steps of the trials promoted at the end (default 3× "
+                             "--finetune-steps; 0 disables promotion)")
+    parser.add_argument("--promote-margin", type=float, default=0.005,
+                        help="promote trials within this validation accuracy of the front")
     parser.add_argument("--out", type=Path, default=Path("lpsd-demo" if demo else "lpsd-out"))
     parser.add_argument("--storage", default=None,
-                        help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+                        help="Optuna storage URL: sqlite:///FILE (default OUT/study.db), "
+                             "postgresql://…, journal:FILE")
     parser.add_argument("--study", default="lpsd-search", help="study name in the storage")
-    parser.add_argument("--no-warm-start", action="store_true",
-                        help="do not enqueue uniform-rank plans as the first trials")
     parser.add_argument("--train-epochs", type=_positive_float, default=30.0,
                         help="epochs of the baseline trained when no --checkpoint is given")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where trained baselines are cached (default ~/.cache/lpsd-search)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip pareto.png / report.html at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--checkpoint", default=None,
                         help="trained weights (lpsd-search train); default: train and cache")
     _add_search(search, demo=False)
+    from lpsd_search.ray_backend import add_ray_arguments  # imports no Ray
+
+    add_ray_arguments(search)
 
     compress = commands.add_parser(
         "compress", help="whole-model LPSD (Sparsification), ALPSD or low-rank, no search")
@@ -130,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_positive_int, default=0)
     demo.add_argument("--device", default="auto")
     _add_search(demo, demo=True)
+
+    report = commands.add_parser("report", help="re-create pareto.json, trials.csv and the "
+                                                "visual report from a study's storage")
+    report.add_argument("dir", type=Path, nargs="?", default=None,
+                        help="results folder of a search (reads DIR/study.db)")
+    report.add_argument("--storage", default=None, help="storage URL (instead of DIR/study.db)")
+    report.add_argument("--study", default=None, help="study name (default: the only one)")
+    report.add_argument("--out", type=Path, default=None, help="where to write (default DIR)")
+
+    export = commands.add_parser("export", help="write a front trial as a model file (.pt) and "
+                                                "a torch.export program (.pt2)")
+    export.add_argument("dir", type=Path, help="results folder of a search")
+    export.add_argument("--trial", type=_positive_int, required=True)
+    export.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
     return parser
 
 
@@ -178,37 +222,66 @@ def _compress(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from lpsd_search.baseline import BaselineConfig
-    from lpsd_search.controller import SearchConfig
-    from lpsd_search.pipeline import SearchOptions, search
     from lpsd_search.progress import SearchProgress
-    from lpsd_search.report import print_front
-    from lpsd_search.train import TrainConfig
+    from lpsd_search.report_summary import print_summary
+    from lpsd_search.search_args import options_from_args
 
-    options = SearchOptions(
-        model=getattr(args, "model", "digits-cnn"),
-        data=getattr(args, "data", "digits"),
-        budget=args.budget,
-        out=args.out,
-        checkpoint=getattr(args, "checkpoint", None),
-        space=args.space,
-        finetune=TrainConfig(args.finetune_steps, args.finetune_lr, args.batch_size,
-                             seed=args.seed),
-        search=SearchConfig(trials=args.trials, seed=args.seed, storage=args.storage,
-                            study_name=args.study, warm_start=not args.no_warm_start),
-        baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
-        device=args.device,
-        cache_dir=args.cache_dir,
-    )
-    with SearchProgress(args.trials) as progress:
-        document = search(options, on_trial=progress.update, on_start=progress.update)
-    print_front(document)
-    print(f"results: {args.out / 'pareto.json'}, {args.out / 'trials.csv'}")
+    options = options_from_args(args)
+    if getattr(args, "backend", "optuna") == "ray":
+        from lpsd_search.ray_backend import run_from_args
+
+        run_from_args(args, options)
+    else:
+        from lpsd_search.pipeline import search
+
+        with SearchProgress(options.search.trials) as progress:
+            search(options, on_trial=progress.update, on_start=progress.update)
+    print_summary(options.out)
+    written = [options.out / "pareto.json", options.out / "trials.csv"]
+    if not args.no_report:
+        written += _render(options.out)
+    print("results: " + ", ".join(str(path) for path in written))
+
+
+def _render(out: Path) -> list[Path]:
+    from lpsd_search.report_html import render_report
+
+    try:
+        return render_report(out)
+    except Exception as error:  # the numbers are on disk already; a drawing problem is minor
+        logger.warning("could not render the visual report: %s", error)
+        return []
+
+
+def _report(args: argparse.Namespace) -> None:
+    from lpsd_search.report_summary import print_summary
+    from lpsd_search.study_io import report_from_storage
+
+    out, _ = report_from_storage(args.dir, args.storage, args.study, args.out)
+    print_summary(out)
+    written = [out / "pareto.json", out / "trials.csv", *_render(out)]
+    print("results: " + ", ".join(str(path) for path in written))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lpsd_search.study_io import export_trial
+
+    written = export_trial(args.dir, args.trial, args.out)
+    print("wrote " + ", ".join(str(path) for path in written))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lpsd-search``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        from lpsd_search.search_args import apply_config
+
+        try:
+            args = apply_config(parser, argv, args)
+        except UserInputError as error:
+            print(f"lpsd-search: error: {error}", file=sys.stderr)
+            return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -220,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _train(args)
         elif args.command == "compress":
             _compress(args)
+        elif args.command == "report":
+            _report(args)
+        elif args.command == "export":
+            _export(args)
         else:
             _search(args)
     except UserInputError as error:

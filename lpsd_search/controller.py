@@ -1,33 +1,41 @@
-"""The Optuna controller: an ask/tell loop over the evaluator, stored so that it can resume.
+"""The Optuna controller: an ask/tell loop over the trial runner, stored so that it can resume.
 
-Every trial samples a request from the search space, is repaired to the budget in closed form
-before it runs, is evaluated, and is told to the study with its plan and measurements stored as
-user attributes. Results are rewritten after every trial, so a killed run loses nothing.
+Global → local: the first ``global_share`` of the trials sample only the global knobs (every
+layer follows the global family, rank and sparsity); the rest refine a base trial taken in turn
+from the current feasible front, re-sampling the per-layer choices of a random subset of layers
+while everything else keeps the base's values. Every trial is repaired to the budgets before it
+runs, and results are rewritten after every trial, so a killed run loses nothing finished.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.trial import TrialState
 
-from lpsd_search.budget import Budget, Pricer
 from lpsd_search.errors import UserInputError
-from lpsd_search.evaluate import Evaluator, Measurement
-from lpsd_search.plan import NONE
-from lpsd_search.report import write_results
-from lpsd_search.spaces import SearchSpace
+from lpsd_search.export import prune_models
+from lpsd_search.report import front_numbers, write_results
+from lpsd_search.samplers import FixingSampler
+from lpsd_search.storage import fail_stale, heartbeat
+
+if TYPE_CHECKING:
+    from lpsd_search.runner import TrialOutcome, TrialRunner
 
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 5
-SMALL_LAYER_SHARE = 0.05
+STRATEGIES = ("global-local", "flat")
 
 
 @dataclass(frozen=True)
@@ -38,53 +46,49 @@ class SearchConfig:
         trials: completed trials the study should hold at the end (a re-run tops it up); failed
             and interrupted trials are kept in the study but do not count.
         seed: sampler seed.
-        storage: Optuna storage URL (``sqlite:///…``), or None for ``<out>/study.db``.
+        storage: Optuna storage URL, or None for ``<out>/study.db``.
         study_name: name of the study inside the storage.
-        warm_start: enqueue uniform-rank plans meeting the budget as the first trials.
+        warm_starts: heuristics enqueued as the first trials (``warm_starts.WARM_STARTS``).
+        sampler: ``tpe``, ``nsga2`` or ``random``.
+        strategy: ``global-local`` or ``flat`` (every parameter sampled in every trial).
+        global_share: share of the trials in the global stage.
+        local_share: share of the layers a local trial re-samples.
+        promote_steps: fine-tune steps of the promoted (front) trials; 0 disables promotion.
+        promote_margin: trials within this much validation accuracy of the front are promoted.
+        save_models: keep the fine-tuned weights of front trials under ``OUT/models``.
     """
 
     trials: int = 20
     seed: int = 0
     storage: str | None = None
     study_name: str = "lpsd-search"
-    warm_start: bool = True
+    warm_starts: tuple[str, ...] = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
+    sampler: str = "tpe"
+    strategy: str = "global-local"
+    global_share: float = 0.4
+    local_share: float = 0.3
+    promote_steps: int = 0
+    promote_margin: float = 0.005
+    save_models: bool = True
 
-
-def open_study(config: SearchConfig, out_dir: Path, identity: Mapping[str, Any]) -> optuna.Study:
-    """Create the study, or load it when it exists and was made with the same settings."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    storage = config.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
-    sampler = optuna.samplers.TPESampler(seed=config.seed, multivariate=True,
-                                         n_startup_trials=8)
-    try:
-        study = optuna.create_study(storage=storage, study_name=config.study_name,
-                                    directions=["maximize", "minimize"], sampler=sampler,
-                                    load_if_exists=True)
-    except (ValueError, ImportError, optuna.exceptions.StorageInternalError) as error:
-        raise UserInputError(f"cannot open storage {storage!r}: {error}") from None
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        study.set_user_attr("config", dict(identity))
-    elif stored != dict(identity):
-        keys = set(stored) | set(identity)
-        changed = sorted(k for k in keys if stored.get(k) != identity.get(k))
-        raise UserInputError(
-            f"study {config.study_name!r} in {storage} was made with other settings "
-            f"({', '.join(changed)} differ); valid: the same options, or a new --study / --out"
-        )
-    return study
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserInputError(f"unknown strategy {self.strategy!r}; valid: "
+                                 f"{', '.join(STRATEGIES)}")
+        if not 0.0 <= self.global_share <= 1.0 or not 0.0 < self.local_share <= 1.0:
+            raise UserInputError("global share must be in [0, 1] and local share in (0, 1]")
 
 
 def fail_dead_trials(study: optuna.Study) -> None:
     """Mark RUNNING trials whose worker process on this host is gone as failed."""
     host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
         if name == host and pid.isdigit() and not _alive(int(pid)):
             logger.warning("trial %d was left running by a dead process; marking it failed",
                            trial.number)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial.number, state=TrialState.FAIL)
 
 
 def _alive(pid: int) -> bool:
@@ -97,102 +101,142 @@ def _alive(pid: int) -> bool:
     return pid != os.getpid()
 
 
-def enqueue_warm_starts(study: optuna.Study, allowed: Mapping[str, Sequence[str]],
-                        space: SearchSpace, budget: Budget, pricer: Pricer) -> None:
-    """Uniform plans (one method, one rank fraction near the budget) as the first trials.
-
-    Layers holding under ``SMALL_LAYER_SHARE`` of the searchable parameters stay dense in these
-    plans: compressing them saves almost nothing, and thin first layers lose the most accuracy.
-    """
-    sizes = {name: pricer.targets[name].geometry.dense_params for name in allowed}
-    total = sum(sizes.values())
-    methods = sorted({m for ms in allowed.values() for m in ms if m != NONE})
-    for method in methods:
-        for share in (1.0, 0.5):
-            params: dict[str, Any] = {}
-            for name, layer_methods in allowed.items():
-                rule = space.rule_for(name)
-                assert rule is not None
-                low, high = rule.rank_range
-                small = sizes[name] < SMALL_LAYER_SHARE * total
-                compress = method in layer_methods and not small
-                params[f"{name}:method"] = method if compress else NONE
-                params[f"{name}:rank"] = min(high, max(low, budget.fraction * share))
-            study.enqueue_trial(params, user_attrs={"warm_start": f"uniform {method}"},
-                                skip_if_exists=True)
-
-
 def completed_count(study: optuna.Study) -> int:
     """Trials that finished with measurements (failed or interrupted ones do not count)."""
-    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def run_search(study: optuna.Study, evaluator: Evaluator, pricer: Pricer, space: SearchSpace,
-               allowed: Mapping[str, Sequence[str]], budget: Budget, config: SearchConfig,
+def _claimed(study: optuna.Study) -> int:
+    """Completed trials plus those other workers are running now (they will complete)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return len(trials)
+
+
+def _surplus(study: optuna.Study, number: int, trials: int) -> bool:
+    """Whether completed or running trials numbered below ``number`` already make ``trials``."""
+    earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                   TrialState.RUNNING))
+               if t.number < number]
+    return len(earlier) >= trials
+
+
+def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
+                 rng: random.Random) -> tuple[str, dict[str, Any], int | None]:
+    """The next trial's stage, the parameters it fixes, and its base trial (local stage)."""
+    if config.strategy == "flat":
+        return "flat", {}, None
+    done = completed_count(study)
+    if done < math.ceil(config.global_share * config.trials):
+        return "global", runner.space.neutral_local(), None
+    bases = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    if not bases:
+        return "global", runner.space.neutral_local(), None
+    local_done = sum(1 for t in study.get_trials(deepcopy=False)
+                     if t.user_attrs.get("stage") == "local")
+    base = sorted(bases, key=lambda t: t.number)[local_done % len(bases)]
+    layers = list(runner.space.allowed)
+    chosen = set(rng.sample(layers, max(1, round(config.local_share * len(layers)))))
+    fixed = {key: value for key, value in base.params.items()
+             if key in runner.distributions() and key.split(":")[0] not in chosen}
+    return "local", fixed, base.number
+
+
+def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
                out_dir: Path, on_trial: Callable[[optuna.Study], None] | None = None) -> None:
-    """Run trials until the study holds ``config.trials`` completed ones.
+    """Run trials until the study holds ``config.trials`` completed ones, then promote.
 
     Args:
-        study: the opened study (its user attributes hold baseline and budget).
-        evaluator: builds, fine-tunes and measures plans.
-        pricer: closed-form sizes and budget repair.
-        space: the search space.
-        allowed: searchable layers and their methods.
-        budget: the hard parameter budget.
-        config: trial count, seed, warm starts.
+        study: the opened study; its sampler must be a ``FixingSampler``.
+        runner: builds, fine-tunes and measures trials.
+        config: trial count, stages, warm starts, promotion.
         out_dir: where results are rewritten after every trial.
         on_trial: called after every finished trial (progress display).
     """
+    from lpsd_search.warm_starts import enqueue_warm_starts
+
+    sampler = study.sampler
+    if not isinstance(sampler, FixingSampler):
+        raise TypeError("run_search needs a study whose sampler is a FixingSampler")
     fail_dead_trials(study)
-    if config.warm_start and not study.trials:
-        enqueue_warm_starts(study, allowed, space, budget, pricer)
+    fail_stale(study)
+    if config.warm_starts and runner.created_study and not study.trials:
+        enqueue_warm_starts(study, runner, config.warm_starts)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     failures = 0
-    while completed_count(study) < config.trials:
-        trial = study.ask()
-        trial.set_user_attr("worker", worker)
+    while _claimed(study) < config.trials:
+        rng = random.Random(config.seed * 100_003 + len(study.trials))
+        stage, fixed, base = choose_stage(study, runner, config, rng)
+        sampler.fixed = fixed
         try:
-            measured = _run_trial(trial, evaluator, pricer, space, allowed, budget)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            write_results(study, out_dir)
-            raise
-        except UserInputError:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            raise
-        except Exception as error:  # a failed trial is recorded and the search goes on
-            reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-            logger.warning("trial %d failed: %s", trial.number, reason)
-            trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            trial = study.ask()
+            params = runner.suggest(trial)
+        finally:
+            sampler.fixed = {}
+        trial.set_user_attr("worker", worker)
+        if _surplus(study, trial.number, config.trials):
+            # Another worker asked between our count and our ask: the study has its trials.
+            trial.set_user_attr("fail_reason", "surplus: the study already had its trials")
+            study.tell(trial, state=TrialState.FAIL)
+            time.sleep(1.0)
+            continue
+        if "stage" not in trial.user_attrs:
+            trial.set_user_attr("stage", stage)
+            trial.set_user_attr("source", "sampled")
+            if base is not None:
+                trial.set_user_attr("base_trial", base)
+        outcome = _attempt(study, trial, runner, params, out_dir)
+        if outcome is None:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 write_results(study, out_dir)
-                raise RuntimeError(
-                    f"{failures} trials failed in a row; last reason: {reason}"
-                ) from error
+                reason = study.trials[-1].user_attrs.get("fail_reason", "")
+                raise RuntimeError(f"{failures} trials failed in a row; last reason: {reason}")
         else:
             failures = 0
-            study.tell(trial, [measured.accuracy, measured.params])
+            if config.save_models:
+                _keep_front_models(study, runner, out_dir, trial.number, outcome)
         write_results(study, out_dir)
         if on_trial is not None:
             on_trial(study)
+    if config.promote_steps > 0:
+        from lpsd_search.promotion import promote
+
+        promote(study, runner, config, out_dir)
+    write_results(study, out_dir)
 
 
-def _run_trial(trial: optuna.Trial, evaluator: Evaluator, pricer: Pricer, space: SearchSpace,
-               allowed: Mapping[str, Sequence[str]], budget: Budget) -> Measurement:
-    requests = space.sample(trial, allowed)
-    plan = pricer.fit(requests, budget, allowed)
-    predicted = pricer.size(plan)
-    trial.set_user_attr("plan", plan.to_dict())
-    trial.set_user_attr("predicted_params", predicted.params)
-    measured, _ = evaluator.evaluate(plan)
-    if measured.params != predicted.params:
-        logger.warning("trial %d: closed-form params %d differ from the built model's %d",
-                       trial.number, predicted.params, measured.params)
-    # The constraint uses what was measured on the built model, never the prediction.
-    trial.set_constraint("params", measured.params - budget.limit)
-    for key, value in measured.to_dict().items():
+def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
+             params: dict[str, Any], out_dir: Path) -> TrialOutcome | None:
+    """Run one trial and tell the study; a failure is recorded with its reason."""
+    try:
+        with heartbeat(study, trial):
+            outcome = runner.run(params, trial.user_attrs)
+    except KeyboardInterrupt:
+        trial.set_user_attr("fail_reason", "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        write_results(study, out_dir)
+        raise
+    except UserInputError:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as error:  # a failed trial is recorded and the search goes on
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+        logger.warning("trial %d failed: %s", trial.number, reason)
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    for key, value in outcome.attrs.items():
         trial.set_user_attr(key, value)
-    return measured
+    for budget, excess in zip(runner.budgets, outcome.constraints, strict=True):
+        trial.set_constraint(budget.metric, excess)
+    study.tell(trial, outcome.values)
+    return outcome
+
+
+def _keep_front_models(study: optuna.Study, runner: TrialRunner, out_dir: Path, number: int,
+                       outcome: TrialOutcome) -> None:
+    """Save the trial's weights when it is on the front; drop those that fell off it."""
+    numbers = front_numbers(study)
+    if number in numbers and outcome.model is not None:
+        runner.save_model(number, outcome.model, outcome.attrs)
+    prune_models(out_dir, numbers)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,14 +17,10 @@ import torch
 from torch import nn
 
 from lpsd_search.baseline import BaselineConfig, cached_baseline, load_model
-from lpsd_search.budget import Pricer, parse_budget
-from lpsd_search.controller import SearchConfig, open_study, run_search
-from lpsd_search.data import DataSplits, load_data
+from lpsd_search.controller import SearchConfig, run_search
+from lpsd_search.data import DataSplits
 from lpsd_search.errors import UserInputError
-from lpsd_search.evaluate import Evaluator
-from lpsd_search.layers import find_layers
 from lpsd_search.report import write_results
-from lpsd_search.spaces import load_space
 from lpsd_search.train import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -34,12 +33,14 @@ class SearchOptions:
     Attributes:
         model: model spec (``digits-cnn``, ``vgg16``, ``torchvision:NAME``, ``pkg.mod:fn``…).
         data: data spec (``digits``, ``fashion-mnist[:DIR]``, ``cifar10:DIR``, …).
-        budget: ``"0.1"`` (fraction of the baseline's parameters) or ``"50000"`` (absolute).
+        budget: one budget or several (``"0.1"``, ``"50000"``, ``"flops=0.3"``, ``"bytes=0.05"``).
         out: results directory.
         checkpoint: trained weights; None trains (and caches) a baseline first.
         space: search-space preset name or TOML path.
-        finetune: fine-tune of every trial.
-        search: trials, seed, storage, study name, warm starts.
+        objectives: objectives preset name, TOML path, or comma list (``accuracy,flops``).
+        latency_batch: batch size of measured latency (overrides the objectives preset).
+        finetune: fine-tune of every trial (and its distillation settings).
+        search: trials, seed, storage, study name, sampler, stages, warm starts, promotion.
         baseline: recipe used when no checkpoint is given.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         cache_dir: where trained baselines are cached (None: the default cache).
@@ -47,15 +48,21 @@ class SearchOptions:
 
     model: str
     data: str
-    budget: str
+    budget: str | tuple[str, ...]
     out: Path
     checkpoint: str | None = None
     space: str = "default"
+    objectives: str = "default"
+    latency_batch: int | None = None
     finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=3e-3))
     search: SearchConfig = field(default_factory=SearchConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     device: str = "auto"
     cache_dir: Path | None = None
+
+    @property
+    def budgets(self) -> tuple[str, ...]:
+        return (self.budget,) if isinstance(self.budget, str) else tuple(self.budget)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,7 +80,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -105,42 +112,23 @@ def search(options: SearchOptions,
     Raises:
         UserInputError: any bad input, before expensive work where it can be checked early.
     """
-    budget_spec = parse_budget(options.budget)
-    space = load_space(options.space)
-    device = resolve_device(options.device)
+    from lpsd_search.runner import TrialRunner
+    from lpsd_search.samplers import make_sampler
+
     if options.checkpoint is not None and not Path(options.checkpoint).is_file():
         raise UserInputError(f"cannot read checkpoint {options.checkpoint!r}: no such file")
-    data = load_data(options.data, seed=options.search.seed)
-    model = prepare_baseline(options.model, data, options.checkpoint, options.baseline, device,
-                             options.cache_dir)
-
-    evaluator = Evaluator(model, data, options.finetune, device)
-    baseline = evaluator.baseline()
-    budget = budget_spec.resolve(baseline.params)
-    targets = find_layers(model, evaluator.example)
-    allowed = space.allowed(targets)
-    if not allowed:
-        raise UserInputError(
-            f"search space {space.name!r} selects no compressible layer of {options.model!r}"
-        )
-    pricer = Pricer(targets, evaluator.size(model))
-    pricer.check_reachable(budget, allowed)
-
-    identity = {
-        "model": options.model, "data": data.spec, "space": space.name,
-        "budget": budget.requested, "finetune_steps": options.finetune.steps,
-        "finetune_lr": options.finetune.lr, "seed": options.search.seed,
-        "checkpoint": _file_digest(options.checkpoint) if options.checkpoint else "trained",
-    }
-    study = open_study(options.search, options.out, identity)
-    if "baseline" not in study.user_attrs:
-        study.set_user_attr("baseline", baseline.to_dict())
-        study.set_user_attr("budget", budget.to_dict())
-        study.set_user_attr("layers", {name: list(m) for name, m in allowed.items()})
-    logger.info("baseline %d params, validation %.4f; budget %d params; %d searchable layers",
-                baseline.params, baseline.accuracy, budget.limit, len(allowed))
+    seed = options.search.seed
+    if options.search.storage and not options.search.storage.startswith("sqlite"):
+        # Workers sharing a server storage must not draw the same samples: one seed each.
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_003
+    sampler = make_sampler(options.search.sampler, seed)
+    runner = TrialRunner.from_options(options)
+    study = runner.open_study(sampler)
+    logger.info("baseline %d params, validation %.4f; budgets %s; %d searchable layers",
+                runner.baseline.params, runner.baseline.accuracy,
+                ", ".join(f"{b.metric} <= {b.limit}" for b in runner.budgets),
+                len(runner.space.allowed))
     if on_start is not None:
         on_start(study)
-    run_search(study, evaluator, pricer, space, allowed, budget, options.search, options.out,
-               on_trial)
+    run_search(study, runner, options.search, options.out, on_trial)
     return write_results(study, options.out)

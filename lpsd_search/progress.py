@@ -9,7 +9,7 @@ import optuna
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lpsd_search.controller import completed_count
-from lpsd_search.report import front, trial_rows
+from lpsd_search.report import front, study_budgets, study_objectives, trial_rows
 
 
 class SearchProgress:
@@ -47,8 +47,9 @@ class SearchProgress:
             return
         done = completed_count(study)
         baseline = study.user_attrs.get("baseline", {})
-        limit = int(study.user_attrs.get("budget", {}).get("limit", 0))
-        points = front(trial_rows(study), limit)
+        if "budget" not in study.user_attrs:
+            return
+        points = front(trial_rows(study), study_budgets(study), study_objectives(study))
         summary = f"front: {len(points)} points"
         if points and baseline:
             best = max(points, key=lambda p: p.measures["accuracy"])

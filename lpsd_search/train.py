@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lpsd_search.errors import UserInputError
 from lpsd_search.sparse import enforce_masks, mask_gradients, masked_weights
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ class TrainConfig:
         batch_size: examples per step.
         weight_decay: decoupled weight decay (AdamW).
         seed: seeds the batch order.
+        distill_alpha: weight of the distillation loss (0 = plain cross-entropy); the loss is
+            ``(1 − α)·CE + α·T²·KL(teacher_T ‖ student_T)`` (Hinton et al. 2015).
+        distill_temperature: softmax temperature T of the distillation loss.
     """
 
     steps: int
@@ -37,6 +42,16 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 0.0
     seed: int = 0
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise UserInputError(
+                f"distillation weight {self.distill_alpha} is invalid; valid: a float in [0, 1]")
+        if not self.distill_temperature > 0:
+            raise UserInputError(f"distillation temperature {self.distill_temperature} is "
+                                 "invalid; valid: > 0")
 
 
 def batches(dataset: Dataset, batch_size: int, generator: torch.Generator,
@@ -61,13 +76,24 @@ def _endless(dataset: Dataset, batch_size: int,
         yield from batches(dataset, batch_size, generator)
 
 
+def _distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    student = functional.log_softmax(logits / temperature, dim=1)
+    teacher = functional.log_softmax(teacher_logits / temperature, dim=1)
+    kl = functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
+
+
 def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
-          device: torch.device) -> float:
+          device: torch.device, teacher: nn.Module | None = None) -> float:
     """Train ``model`` in place for ``config.steps`` steps with AdamW and a cosine schedule.
 
     Sparse weights (LPSD's residual branches) keep their pattern: their gradients are masked
     before every step, so no optimiser state builds up outside the mask, and the weights are
     masked again after it, so the stored size never grows whatever the optimiser does.
+
+    With a ``teacher`` and ``config.distill_alpha > 0`` the loss mixes in knowledge
+    distillation from the teacher's logits (the teacher is not trained).
 
     Returns:
         The mean loss over the last 10 % of the steps.
@@ -89,7 +115,13 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
     for step in range(config.steps):
         inputs, labels = next(stream)
         inputs, labels = inputs.to(device), labels.to(device)
-        loss = loss_fn(model(inputs), labels)
+        logits = model(inputs)
+        loss = loss_fn(logits, labels)
+        if teacher is not None and config.distill_alpha > 0:
+            with torch.no_grad():
+                teacher_logits = teacher(inputs)
+            loss = ((1 - config.distill_alpha) * loss + config.distill_alpha
+                    * _distill_loss(logits, teacher_logits, config.distill_temperature))
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
         optimiser.zero_grad(set_to_none=True)
@@ -101,6 +133,22 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
         if step >= config.steps * 0.9:
             tail.append(loss.item())
     return sum(tail) / len(tail) if tail else float("nan")
+
+
+@torch.no_grad()
+def score(model: nn.Module, dataset: Dataset, device: torch.device,
+          batch_size: int = 512) -> tuple[float, float]:
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on ``dataset`` (eval mode)."""
+    model.to(device).eval()
+    correct = total = 0
+    loss_sum = 0.0
+    for inputs, labels in batches(dataset, batch_size, torch.Generator(), shuffle=False):
+        labels = labels.to(device)
+        logits = model(inputs.to(device))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        loss_sum += float(functional.cross_entropy(logits, labels, reduction="sum"))
+        total += len(labels)
+    return correct / max(total, 1), loss_sum / max(total, 1)
 
 
 @torch.no_grad()

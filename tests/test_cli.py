@@ -16,7 +16,9 @@ from lpsd_search.measure import measure
 from lpsd_search.plan import Plan, apply_plan
 
 # Same recipe as the conftest baseline, so the cached weights are reused rather than retrained.
-FAST = ["--train-epochs", "8", "--finetune-steps", "15", "--seed", "0"]
+FAST = ["--train-epochs", "8", "--finetune-steps", "15", "--seed", "0", "--no-report"]
+CONTRACT = {"trial", "params", "bytes", "flops", "accuracy", "test_accuracy", "compression",
+            "plan"}
 
 
 def _search(cache_dir: Path, out: Path, *extra: str) -> int:
@@ -31,17 +33,17 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def test_search_writes_the_output_contract_and_resumes(cache_dir, digits_model, tmp_path):
     out = tmp_path / "run"
-    assert _search(cache_dir, out, "--budget", "0.2", "--trials", "5") == 0
+    assert _search(cache_dir, out, "--budget", "0.2", "--trials", "5", "--promote-steps",
+                   "0") == 0
     document = json.loads((out / "pareto.json").read_text())
-    assert set(document["baseline"]) == {"params", "bytes", "flops", "accuracy", "test_accuracy"}
+    assert {"params", "bytes", "flops", "accuracy", "test_accuracy"} <= set(document["baseline"])
     baseline = document["baseline"]
     assert baseline["params"] == sum(p.numel() for p in digits_model.parameters())
     assert document["budget"]["limit"] == int(0.2 * baseline["params"])
     assert len(document["points"]) >= 1
     example = torch.zeros(1, 1, 8, 8)
     for point in document["points"]:
-        assert set(point) == {"trial", "params", "bytes", "flops", "accuracy", "test_accuracy",
-                              "compression", "plan"}
+        assert set(point) >= CONTRACT
         assert point["params"] <= document["budget"]["limit"]
         assert point["compression"] == pytest.approx(baseline["params"] / point["params"])
         assert set(point["plan"]) <= {"conv1", "conv2", "conv3", "fc"}
@@ -55,10 +57,12 @@ def test_search_writes_the_output_contract_and_resumes(cache_dir, digits_model, 
 
     first = _rows(out)
     assert [r["trial"] for r in first] == ["0", "1", "2", "3", "4"]
+    assert [r["source"] for r in first[:4]] == ["uniform svd", "uniform tucker2", "vbmf", "alds"]
     assert all(r["state"] == "COMPLETE" for r in first)
 
     # Re-running with more trials continues the same study and keeps the finished trials.
-    assert _search(cache_dir, out, "--budget", "0.2", "--trials", "7") == 0
+    assert _search(cache_dir, out, "--budget", "0.2", "--trials", "7", "--promote-steps",
+                   "0") == 0
     second = _rows(out)
     assert [r["trial"] for r in second] == [str(i) for i in range(7)]
     for before, after in zip(first, second[:5], strict=True):
@@ -106,6 +110,15 @@ def test_train_then_search_from_checkpoint(tmp_path, cache_dir):
     (["--budget", "0.1", "--checkpoint", "GARBAGE"], "cannot read checkpoint"),
     (["--budget", "0.1", "--trials", "x"], "--trials: 'x' is not a whole number"),
     (["--trials", "3"], "--budget"),
+    (["--budget", "watts=0.1"], "unknown metric 'watts'"),
+    (["--budget", "0.1", "--budget", "0.2"], "two budgets on params"),
+    (["--budget", "0.1", "--objectives", "accuracy"], "two or more"),
+    (["--budget", "0.1", "--objectives", "accuracy,speed"], "unknown objective 'speed'"),
+    (["--budget", "0.1", "--storage", "redis://x"], "storage 'redis://x' is not understood"),
+    (["--budget", "0.1", "--sampler", "cmaes"], "invalid choice: 'cmaes'"),
+    (["--budget", "0.1", "--warm-starts", "magic"], "unknown warm start 'magic'"),
+    (["--budget", "0.1", "--config", "missing.toml"], "cannot read config"),
+    (["--budget", "0.1", "--config", "GARBAGE"], "is not valid TOML"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path, cache_dir, capsys,
                                          monkeypatch):
@@ -129,6 +142,6 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "lpsd-search: error: budget '2.5' is out of range; valid: a fraction in (0, 1] such as "
-        "0.1, or a whole number of parameters ≥ 1"
+        "lpsd-search: error: budget '2.5' is out of range; valid: [params|bytes|flops=]VALUE "
+        "with VALUE a fraction in (0, 1] such as 0.1, or a whole number ≥ 1"
     ]

@@ -8,21 +8,21 @@ import subprocess
 import sys
 
 import optuna
-import torch
 
 from lpsd_search import evaluate
-from lpsd_search.budget import Pricer, parse_budget
-from lpsd_search.controller import (
-    SearchConfig,
-    completed_count,
-    fail_dead_trials,
-    open_study,
-    run_search,
-)
-from lpsd_search.evaluate import Evaluator
-from lpsd_search.layers import find_layers
-from lpsd_search.spaces import load_space
+from lpsd_search.controller import SearchConfig, completed_count, fail_dead_trials, run_search
+from lpsd_search.pipeline import SearchOptions
+from lpsd_search.runner import TrialRunner
+from lpsd_search.samplers import make_sampler
 from lpsd_search.train import TrainConfig, TrainingDiverged
+
+
+def _runner(digits, digits_model, tmp_path, budget="0.5", space="default", steps=5,
+            **search):
+    options = SearchOptions(model="digits-cnn", data="digits", budget=budget, out=tmp_path,
+                            space=space, finetune=TrainConfig(steps=steps),
+                            search=SearchConfig(**search), device="cpu")
+    return TrialRunner(options, digits, digits_model), options
 
 
 def test_a_failed_trial_is_recorded_and_does_not_count(digits, digits_model, tmp_path,
@@ -37,18 +37,10 @@ def test_a_failed_trial_is_recorded_and_does_not_count(digits, digits_model, tmp
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(evaluate, "train", diverge_once)
-    evaluator = Evaluator(digits_model, digits, TrainConfig(steps=5), torch.device("cpu"))
-    targets = find_layers(digits_model, evaluator.example)
-    space = load_space("default")
-    allowed = space.allowed(targets)
-    pricer = Pricer(targets, evaluator.size(digits_model))
-    budget = parse_budget("0.5").resolve(pricer.baseline.params)
-    config = SearchConfig(trials=3, seed=0, warm_start=False)
-    study = open_study(config, tmp_path, {"test": 1})
-    study.set_user_attr("baseline", evaluator.baseline().to_dict())
-    study.set_user_attr("budget", budget.to_dict())
+    runner, options = _runner(digits, digits_model, tmp_path, trials=3, warm_starts=())
+    study = runner.open_study(make_sampler("tpe", 0))
 
-    run_search(study, evaluator, pricer, space, allowed, budget, config, tmp_path)
+    run_search(study, runner, options.search, tmp_path)
 
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -59,6 +51,40 @@ def test_a_failed_trial_is_recorded_and_does_not_count(digits, digits_model, tmp
     assert rows[1]["state"] == "FAIL"
     assert rows[1]["fail_reason"] == "TrainingDiverged: loss became nan at step 3"
     assert all(row["fail_reason"] == "" for i, row in enumerate(rows) if i != 1)
+
+
+def test_global_stage_then_local_refinements_of_front_trials(digits, digits_model, tmp_path):
+    runner, options = _runner(digits, digits_model, tmp_path, trials=8, warm_starts=(),
+                              global_share=0.5, local_share=0.25)
+    study = runner.open_study(make_sampler("random", 0))
+    run_search(study, runner, options.search, tmp_path)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    stages = [t.user_attrs["stage"] for t in trials]
+    assert stages == ["global"] * 4 + ["local"] * 4
+    neutral = runner.space.neutral_local()
+    for trial in trials[:4]:
+        assert all(trial.params[k] == v for k, v in neutral.items())
+    for trial in trials[4:]:
+        base = study.trials[trial.user_attrs["base_trial"]]
+        assert base.user_attrs["stage"] == "global"
+        # A local trial keeps the base's global knobs and re-samples one layer (25 % of 4).
+        assert all(trial.params[k] == v for k, v in base.params.items()
+                   if k.startswith("global:"))
+        changed = {k.split(":")[0] for k, v in trial.params.items()
+                   if not k.startswith("global:") and base.params[k] != v}
+        assert len(changed) <= 1
+
+
+def test_warm_starts_run_first_with_their_exact_plans(digits, digits_model, tmp_path):
+    runner, options = _runner(digits, digits_model, tmp_path, budget="0.3", trials=4,
+                              warm_starts=("uniform", "vbmf", "alds"))
+    study = runner.open_study(make_sampler("tpe", 0))
+    run_search(study, runner, options.search, tmp_path)
+    sources = [t.user_attrs["source"] for t in study.trials]
+    assert sources == ["uniform svd", "uniform tucker2", "vbmf", "alds"]
+    for trial in study.trials:
+        assert trial.user_attrs["plan"] == trial.user_attrs["plan_override"]
+        assert trial.user_attrs["params"] <= runner.budgets[0].limit
 
 
 def test_trials_left_running_by_a_dead_process_are_failed(tmp_path):

@@ -4,9 +4,11 @@ import optuna
 import pytest
 import torch
 
+from lpsd_search.budget import Request
 from lpsd_search.errors import UserInputError
 from lpsd_search.layers import find_layers
 from lpsd_search.presets import preset_names
+from lpsd_search.space_params import BoundSpace
 from lpsd_search.spaces import load_space
 
 
@@ -28,7 +30,7 @@ def test_user_preset_file(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('[[rules]]\nmethods = ["magic"]\n', "unknown method 'magic'; valid: none, svd"),
+    ('[[rules]]\nmethods = ["magic"]\n', "unknown method 'magic'; valid: none, sparse, svd"),
     ('[[rules]]\nrank = [0.5, 0.1]\n', "rank range"),
     ('[[rules]]\nmatch = "("\n', "bad regex"),
     ("description = 'x'\n", "no \\[\\[rules\\]\\]"),
@@ -52,18 +54,39 @@ def test_sample_covers_every_searchable_layer(digits_model):
     targets = find_layers(digits_model, torch.zeros(1, 1, 8, 8))
     allowed = space.allowed(targets)
     assert list(allowed) == ["conv1", "conv2", "conv3", "fc"]
+    bound = BoundSpace(space, targets, allowed)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    trial = study.ask()
-    requests = space.sample(trial, allowed)
+    params = bound.suggest(study.ask())
+    requests = bound.requests(params)
     assert set(requests) == set(allowed)
-    for method, fraction in requests.values():
-        assert method in {"none", "svd", "tucker2"}
-        assert 0.02 <= fraction <= 1.0
+    for request in requests.values():
+        assert request.method in {"none", "svd", "tucker2"}
+        assert 0.02 <= request.fraction <= 1.0
 
 
-def test_depthwise_layers_are_not_searchable():
-    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=8), torch.nn.Conv2d(8, 16, 1))
-    targets = find_layers(model, torch.zeros(1, 8, 6, 6))
-    allowed = load_space("default").allowed(targets)
-    assert "0" not in allowed
-    assert "1" in allowed
+def test_searched_options_apply_only_where_the_layer_takes_them(digits_model):
+    space = load_space("all")
+    targets = find_layers(digits_model, torch.zeros(1, 1, 8, 8))
+    bound = BoundSpace(space, targets, space.allowed(targets))
+    assert "global:alds.k" in bound.distributions()
+    params = {"global:family": "alds", "global:rank": 0.5, "global:sparsity": 0.5,
+              "global:alds.k": 2, "global:cp.variant": "cp3"}
+    requests = bound.requests(params)
+    # conv1 has one input channel and fc is a Linear: neither can be split into 2 groups.
+    assert requests["conv1"].options == () and requests["fc"].options == ()
+    assert requests["conv2"].options == (("k", 2),)
+    assert all(r.method == "alds" and r.sparsity > 0 for r in requests.values())
+
+
+def test_warm_start_parameters_map_back_to_their_requests(digits_model):
+    space = load_space("lpsd")
+    targets = find_layers(digits_model, torch.zeros(1, 1, 8, 8))
+    bound = BoundSpace(space, targets, space.allowed(targets))
+    wanted = {"conv1": Request("none"), "conv2": Request("alds", 0.2, 0.05),
+              "conv3": Request("alds", 0.1, 0.02), "fc": Request("sparse", 1.0, 0.1)}
+    got = bound.requests(bound.params_for(wanted))
+    for name, request in wanted.items():
+        assert got[name].method == request.method
+        assert got[name].sparsity == pytest.approx(request.sparsity, rel=1e-6)
+        if request.method == "alds":
+            assert got[name].fraction == pytest.approx(request.fraction, rel=1e-6)

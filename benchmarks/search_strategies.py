@@ -1,0 +1,136 @@
+"""Search strategies at equal trials: random, TPE, NSGA-II, global→local + warm starts.
+
+Every strategy runs the same search (model, checkpoint, data, space, budgets, fine-tune, seed)
+through ``lpsd_search.pipeline.search`` with promotion off, so all trials have the same
+fidelity. Per strategy the table gives the hypervolume of the feasible front after every
+``--every`` trials (objectives: validation accuracy and params / baseline params, reference
+point (0 accuracy, 1.0 of the baseline's params); larger is better) and the best validation and
+test accuracy among the feasible trials at ≥ 10×, 20× and 40× compression. One run per strategy.
+
+Example:
+    python benchmarks/search_strategies.py --model vgg16:width=0.25 --data fashion-mnist \
+        --checkpoint benchmarks/cache/vgg16w025-fmnist.pt --trials 30 --finetune-steps 200 \
+        --output benchmarks/results/search_strategies.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_utils import RESULTS, header, limit_threads
+
+from lpsd_search.baseline import BaselineConfig
+from lpsd_search.controller import SearchConfig
+from lpsd_search.pareto import hypervolume_2d
+from lpsd_search.pipeline import SearchOptions, search
+from lpsd_search.report import trial_rows
+from lpsd_search.study_io import load_study
+from lpsd_search.train import TrainConfig
+
+STRATEGIES = {
+    "random": {"sampler": "random", "strategy": "flat", "warm_starts": ()},
+    "TPE": {"sampler": "tpe", "strategy": "flat", "warm_starts": ()},
+    "NSGA-II": {"sampler": "nsga2", "strategy": "flat", "warm_starts": ()},
+    "global→local + warm starts": {"sampler": "tpe", "strategy": "global-local"},
+}
+LEVELS = (10.0, 20.0, 40.0)
+
+
+def _run(name: str, settings: dict, args: argparse.Namespace, out: Path) -> tuple[list, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    options = SearchOptions(
+        model=args.model, data=args.data, budget=tuple(args.budget), out=out,
+        checkpoint=args.checkpoint, space=args.space,
+        finetune=TrainConfig(args.finetune_steps, 3e-3, 64, seed=args.seed),
+        search=SearchConfig(trials=args.trials, seed=args.seed, promote_steps=0,
+                            save_models=False, **settings),
+        baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
+        device="cpu", cache_dir=args.cache_dir,
+    )
+    start = time.perf_counter()
+    search(options)
+    seconds = time.perf_counter() - start
+    study = load_study(f"sqlite:///{out / 'study.db'}", None)
+    return [row for row in trial_rows(study) if row.state == "COMPLETE"], seconds
+
+
+def _curve(rows: list, baseline_params: int, limit: int, every: int) -> list[float]:
+    curve = []
+    for end in range(every, len(rows) + 1, every):
+        feasible = [r for r in rows[:end] if r.measures["params"] <= limit]
+        values = np.array([[r.measures["accuracy"], r.measures["params"] / baseline_params]
+                           for r in feasible]).reshape(-1, 2)
+        curve.append(hypervolume_2d(values, [True, False], [0.0, 1.0]))
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", default="vgg16:width=0.25")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--checkpoint", default="benchmarks/cache/vgg16w025-fmnist.pt")
+    parser.add_argument("--budget", action="append", default=None)
+    parser.add_argument("--train-epochs", type=float, default=30.0,
+                        help="baseline recipe when --checkpoint is none")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--space", default="all")
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--finetune-steps", type=int, default=200)
+    parser.add_argument("--every", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("benchmarks/cache/strategies"))
+    parser.add_argument("--output", type=Path, default=RESULTS / "search_strategies.md")
+    args = parser.parse_args()
+    args.budget = args.budget or ["0.1"]
+    args.checkpoint = None if args.checkpoint in ("", "none") else args.checkpoint
+    note = limit_threads(args.threads)
+    results = {}
+    for name, settings in STRATEGIES.items():
+        slug = name.split()[0].replace("→", "-").lower()
+        results[name] = _run(name, settings, args, args.work / slug)
+        print(f"{name}: {len(results[name][0])} trials in {results[name][1]:.0f} s",
+              file=sys.stderr)
+    study = load_study(f"sqlite:///{args.work / 'random' / 'study.db'}", None)
+    baseline = study.user_attrs["baseline"]
+    limit = min(b["limit"] for b in study.user_attrs["budgets"] if b["metric"] == "params")
+    lines = header("Search strategies at equal trials", note, [
+        ("model / data", f"`{args.model}` on `{args.data}`, checkpoint `{args.checkpoint}`"),
+        ("baseline", f"{baseline['params']:,} params, validation accuracy "
+                     f"{baseline['accuracy']:.4f}, test {baseline['test_accuracy']:.4f}"),
+        ("search", f"space `{args.space}`, budget {', '.join(args.budget)}, {args.trials} "
+                   f"trials, {args.finetune_steps} fine-tune steps, seed {args.seed}, "
+                   "no promotion"),
+    ])
+    checkpoints = list(range(args.every, args.trials + 1, args.every))
+    lines += ["## Hypervolume after n trials (accuracy × params saved; larger is better)", "",
+              "| strategy | " + " | ".join(f"n={n}" for n in checkpoints) + " | wall s |",
+              "|---|" + "---:|" * (len(checkpoints) + 1)]
+    for name, (rows, seconds) in results.items():
+        curve = _curve(rows, baseline["params"], limit, args.every)
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in curve) +
+                     f" | {seconds:.0f} |")
+    lines += ["", "## Best accuracy at a compression level (validation / test; — none)", "",
+              "| strategy | " + " | ".join(f"≥ {level:g}×" for level in LEVELS) + " |",
+              "|---|" + "---:|" * len(LEVELS)]
+    for name, (rows, _) in results.items():
+        cells = []
+        for level in LEVELS:
+            fitting = [r for r in rows if baseline["params"] / r.measures["params"] >= level]
+            best = max(fitting, key=lambda r: r.measures["accuracy"], default=None)
+            cells.append("—" if best is None else
+                         f"{best.measures['accuracy']:.4f} / {best.measures['test_accuracy']:.4f}"
+                         f" (trial {best.trial})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(args.output.read_text())
+
+
+if __name__ == "__main__":
+    main()

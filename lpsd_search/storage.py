@@ -1,0 +1,128 @@
+"""Optuna storages from a URL: SQLite (default), any SQLAlchemy database, or a journal file.
+
+``sqlite:///…``, ``postgresql://…`` and ``mysql://…`` open an ``RDBStorage`` with heartbeats, so a
+worker that dies (SIGKILL, lost node) leaves a RUNNING trial that the next worker marks FAILED
+and re-runs; ``journal:PATH`` (or a path ending in ``.log``) opens a journal file, which suits
+NFS-less single machines and needs no database.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from lpsd_search.errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+# Optuna warns that heartbeats are meant for ``study.optimize``; our ask/tell loop beats itself
+# (``heartbeat`` below), so the warning does not apply.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+HEARTBEAT_SECONDS = 20
+GRACE_SECONDS = 60
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+VALID = ("valid: sqlite:///FILE, postgresql://USER@HOST/DB, mysql://…, journal:FILE "
+         "(or a FILE.log path)")
+
+
+def default_url(out_dir: Path) -> str:
+    """The SQLite file inside the results folder."""
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def open_storage(url: str) -> BaseStorage:
+    """The storage behind ``url``.
+
+    Raises:
+        UserInputError: an unknown scheme, a missing database driver, or an unreachable server.
+    """
+    if url.startswith("journal:") or url.endswith(".log"):
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        if not path.parent.is_dir():
+            raise UserInputError(f"journal storage {url!r}: folder {path.parent} does not exist")
+        return JournalStorage(JournalFileBackend(str(path)))
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in SQL_SCHEMES or "://" not in url:
+        raise UserInputError(f"storage {url!r} is not understood; {VALID}")
+    try:
+        return _rdb_storage(url)
+    except ImportError as error:
+        raise UserInputError(f"storage {url!r} needs a database driver ({error.name}); valid: "
+                             "pip install 'lpsd-search[postgres]' for PostgreSQL") from None
+    except Exception as error:  # sqlalchemy raises many kinds; the message is what matters
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise UserInputError(f"cannot open storage {url!r}: {type(error).__name__} "
+                             f"{reason}".rstrip()) from None
+
+
+def _rdb_storage(url: str, attempts: int = 4) -> RDBStorage:
+    """An ``RDBStorage``; workers that create a fresh database's schema at the same moment race
+    (PostgreSQL raises a unique-constraint error for the loser), so creation is retried."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats are "experimental" since Optuna 2.9; they make resume safe.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
+                                  grace_period=GRACE_SECONDS)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1 or not url.startswith(("postgres", "mysql")):
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def has_heartbeat(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Mark RUNNING trials whose worker stopped sending heartbeats as FAILED."""
+    if has_heartbeat(study._storage):
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat every few seconds while the block runs.
+
+    Optuna only beats inside ``study.optimize``; an ask/tell loop must beat itself, or other
+    workers would fail its trial as stale after the grace period.
+    """
+    storage = study._storage
+    if not has_heartbeat(storage):
+        yield
+        return
+    assert isinstance(storage, RDBStorage)
+    stop = threading.Event()
+    trial_id = trial._trial_id
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as error:  # a missed beat is not worth killing the trial for
+                logger.warning("heartbeat of trial %d failed: %s", trial.number, error)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
