@@ -56,6 +56,8 @@ class SearchConfig:
         promote_steps: fine-tune steps of the promoted (front) trials; 0 disables promotion.
         promote_margin: trials within this much validation accuracy of the front are promoted.
         save_models: keep the fine-tuned weights of front trials under ``OUT/models``.
+        base_margin: local trials refine front trials within this much of the front's best
+            first objective (validation accuracy).
     """
 
     trials: int = 20
@@ -70,6 +72,7 @@ class SearchConfig:
     promote_steps: int = 0
     promote_margin: float = 0.005
     save_models: bool = True
+    base_margin: float = 0.02
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -120,6 +123,22 @@ def _surplus(study: optuna.Study, number: int, trials: int) -> bool:
     return len(earlier) >= trials
 
 
+def _bases(study: optuna.Study, runner: TrialRunner,
+           margin: float) -> list[optuna.trial.FrozenTrial]:
+    """Front trials worth refining: within ``margin`` of the front's best first objective.
+
+    The far end of an accuracy/size front holds models that lost most of their accuracy; a
+    per-layer refinement around them rarely helps, while one around the accurate models finds
+    smaller ones that keep their accuracy.
+    """
+    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    if not front:
+        return []
+    sign = 1.0 if runner.objectives.directions[0] == "maximize" else -1.0
+    best = max(sign * t.values[0] for t in front)
+    return [t for t in front if sign * t.values[0] >= best - margin]
+
+
 def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
                  rng: random.Random) -> tuple[str, dict[str, Any], int | None]:
     """The next trial's stage, the parameters it fixes, and its base trial (local stage)."""
@@ -128,7 +147,7 @@ def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
     done = completed_count(study)
     if done < math.ceil(config.global_share * config.trials):
         return "global", runner.space.neutral_local(), None
-    bases = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    bases = _bases(study, runner, config.base_margin)
     if not bases:
         return "global", runner.space.neutral_local(), None
     local_done = sum(1 for t in study.get_trials(deepcopy=False)
