@@ -83,7 +83,7 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--sampler", default="tpe", choices=["tpe", "nsga2", "random"])
     parser.add_argument("--strategy", default="global-local", choices=["global-local", "flat"],
                         help="global knobs first, then per-layer refinements; or flat")
-    parser.add_argument("--global-share", type=float, default=0.4,
+    parser.add_argument("--global-share", type=float, default=0.25 if demo else 0.4,
                         help="share of the trials in the global stage")
     parser.add_argument("--warm-starts", default="uniform,vbmf,alds,lpsd,alpsd",
                         help="heuristic plans run first (comma list; those the space cannot "

@@ -9,6 +9,7 @@ runs, and results are rewritten after every trial, so a killed run loses nothing
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -82,13 +83,21 @@ class SearchConfig:
             raise UserInputError("global share must be in [0, 1] and local share in (0, 1]")
 
 
+ORPHAN_SECONDS = 60
+"""A RUNNING trial with no worker attribute this old was asked by a process killed before it
+could name itself (a live worker names its trial right after asking)."""
+
+
 def fail_dead_trials(study: optuna.Study) -> None:
     """Mark RUNNING trials whose worker process on this host is gone as failed."""
     host = socket.gethostname()
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        started = trial.datetime_start or now
+        orphan = not worker and (now - started).total_seconds() > ORPHAN_SECONDS
+        if orphan or (name == host and pid.isdigit() and not _alive(int(pid))):
             logger.warning("trial %d was left running by a dead process; marking it failed",
                            trial.number)
             study.tell(trial.number, state=TrialState.FAIL)
@@ -110,16 +119,22 @@ def completed_count(study: optuna.Study) -> int:
 
 
 def _claimed(study: optuna.Study) -> int:
-    """Completed trials plus those other workers are running now (they will complete)."""
+    """Completed trials plus those other workers are running now (they will complete).
+
+    A RUNNING trial without a worker attribute is left out: it is an orphan of a killed process
+    (``fail_dead_trials`` fails it once it is old enough) or another worker's trial in the
+    instant after its ask, which ``_surplus`` catches.
+    """
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    return len(trials)
+    return sum(1 for t in trials if t.state == TrialState.COMPLETE or "worker" in t.user_attrs)
 
 
 def _surplus(study: optuna.Study, number: int, trials: int) -> bool:
     """Whether completed or running trials numbered below ``number`` already make ``trials``."""
     earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                    TrialState.RUNNING))
-               if t.number < number]
+               if t.number < number
+               and (t.state == TrialState.COMPLETE or "worker" in t.user_attrs)]
     return len(earlier) >= trials
 
 
@@ -217,6 +232,7 @@ def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
         write_results(study, out_dir)
         if on_trial is not None:
             on_trial(study)
+    fail_dead_trials(study)
     if config.promote_steps > 0:
         from lpsd_search.promotion import promote
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import optuna
 
@@ -115,15 +116,28 @@ def _procedure_plan(runner: TrialRunner, procedure: str) -> list[tuple[str, Plan
                        else "alpsd" if procedure == "alpsd" else "lpsd")
     config = CompressConfig(procedure=kind, low_rank=low_rank)
     objective = (validation_loss(runner.data, runner.device) if procedure == "alpsd" else None)
-    result = compress_model(runner.evaluator.model, runner.evaluator.example, params_budget,
-                            config, objective=objective, cache=runner.evaluator.cache)
-    allowed = {name: choice for name, choice in result.plan.layers.items()
-               if name in runner.space.allowed and choice.method in runner.space.allowed[name]}
-    plan = Plan(allowed)
-    if not runner.pricer.fits(plan, runner.budgets):
-        plan = runner.pricer.fit(plan_requests(runner, plan), runner.budgets,
-                                 runner.space.allowed)
-    return [(procedure, plan)]
+    plans = []
+    # The error-balanced allocation is cheap: it also seeds the front at half the budget, where
+    # the accurate small models are that the budget alone does not ask for.
+    shares = (1.0, 0.5) if procedure == "alds" else (1.0,)
+    for share in shares:
+        budget = replace(params_budget, limit=int(share * params_budget.limit))
+        try:
+            result = compress_model(runner.evaluator.model, runner.evaluator.example, budget,
+                                    config, objective=objective, cache=runner.evaluator.cache)
+        except UserInputError as error:
+            logger.info("warm start %s at %.2g of the budget skipped: %s", procedure, share,
+                        error)
+            continue
+        allowed = {name: choice for name, choice in result.plan.layers.items()
+                   if name in runner.space.allowed
+                   and choice.method in runner.space.allowed[name]}
+        plan = Plan(allowed)
+        if not runner.pricer.fits(plan, runner.budgets):
+            plan = runner.pricer.fit(plan_requests(runner, plan), runner.budgets,
+                                     runner.space.allowed)
+        plans.append((procedure if share == 1.0 else f"{procedure} x{share:g}", plan))
+    return plans
 
 
 BUILDERS: dict[str, Callable[[TrialRunner], list[tuple[str, Plan]]]] = {

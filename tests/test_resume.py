@@ -25,15 +25,19 @@ def _command(out: Path, cache: Path) -> list[str]:
             "--promote-steps", "0", "--no-report", "--out", str(out), "--cache-dir", str(cache)]
 
 
-def _states(out: Path) -> dict[int, str]:
+def _trials(out: Path) -> list[optuna.trial.FrozenTrial]:
     database = out / "study.db"
     if not database.is_file():
-        return {}
+        return []
     try:
         study = optuna.load_study(study_name="lpsd-search", storage=f"sqlite:///{database}")
     except Exception:  # the first process may still be creating the schema
-        return {}
-    return {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+def _states(out: Path) -> dict[int, str]:
+    return {t.number: t.state.name for t in _trials(out)}
 
 
 def test_sigkill_mid_trial_then_rerun_loses_no_finished_trial(tmp_path):
@@ -45,9 +49,11 @@ def test_sigkill_mid_trial_then_rerun_loses_no_finished_trial(tmp_path):
     try:
         # Kill once two trials are finished and a third is running.
         while time.monotonic() < deadline:
-            states = _states(out)
-            done = sum(s == "COMPLETE" for s in states.values())
-            if done >= 2 and list(states.values())[-1] == "RUNNING":
+            trials = _trials(out)
+            done = sum(t.state.name == "COMPLETE" for t in trials)
+            # Mid-trial: the last trial is running and its worker has started on it.
+            if (done >= 2 and trials[-1].state.name == "RUNNING"
+                    and "worker" in trials[-1].user_attrs):
                 break
             assert first.poll() is None, "the search ended before it could be killed"
             time.sleep(0.05)
