@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from lpsd_search.errors import UserInputError
 from lpsd_search.export import prune_models
-from lpsd_search.report import front_numbers, write_results
+from lpsd_search.report import write_results
 from lpsd_search.samplers import FixingSampler
 from lpsd_search.storage import fail_stale, heartbeat
 
@@ -227,9 +227,10 @@ def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
                 raise RuntimeError(f"{failures} trials failed in a row; last reason: {reason}")
         else:
             failures = 0
-            if config.save_models:
-                _keep_front_models(study, runner, out_dir, trial.number, outcome)
-        write_results(study, out_dir)
+        document = write_results(study, out_dir)
+        if outcome is not None and config.save_models:
+            _keep_front_models(runner, out_dir, trial.number, outcome,
+                               {point["trial"] for point in document["points"]})
         if on_trial is not None:
             on_trial(study)
     fail_dead_trials(study)
@@ -268,10 +269,9 @@ def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
     return outcome
 
 
-def _keep_front_models(study: optuna.Study, runner: TrialRunner, out_dir: Path, number: int,
-                       outcome: TrialOutcome) -> None:
+def _keep_front_models(runner: TrialRunner, out_dir: Path, number: int,
+                       outcome: TrialOutcome, numbers: set[int]) -> None:
     """Save the trial's weights when it is on the front; drop those that fell off it."""
-    numbers = front_numbers(study)
     if number in numbers and outcome.model is not None:
         runner.save_model(number, outcome.model, outcome.attrs)
     prune_models(out_dir, numbers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -138,17 +138,22 @@ def apply_plan(model: nn.Module, plan: Plan, cache: FactorCache | None = None) -
     Returns:
         A new model built only from plain modules.
     """
+    return _replace_layers(model, plan, lambda layer, choice: decompose_layer(
+        layer, choice.method, choice.rank or 0, sparsity=choice.sparsity,
+        alternating=choice.alternating, cache=cache, **choice.option_dict))
+
+
+def _replace_layers(model: nn.Module, plan: Plan,
+                    build: Callable[[nn.Conv2d | nn.Linear, LayerChoice], nn.Module],
+                    ) -> nn.Module:
+    """A copy of ``model`` with every layer the plan changes replaced by ``build``'s module."""
     compressed = copy.deepcopy(model)
     modules = dict(compressed.named_modules())
     for name, choice in plan.compressed().items():
         layer = modules.get(name)
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise UserInputError(f"plan names {name!r}, which is not a Conv2d or Linear layer")
-        replacement = decompose_layer(layer, choice.method, choice.rank or 0,
-                                      sparsity=choice.sparsity,
-                                      alternating=choice.alternating, cache=cache,
-                                      **choice.option_dict)
-        set_submodule(compressed, name, replacement)
+        set_submodule(compressed, name, build(layer, choice))
     return compressed
 
 
@@ -158,14 +163,7 @@ def build_skeleton(model: nn.Module, plan: Plan) -> nn.Module:
     Nothing is factorised: this is what a saved compressed model's state dict is loaded into
     (``lpsd_search.load``), so loading costs no decomposition and runs no code from the file.
     """
-    compressed = copy.deepcopy(model)
-    modules = dict(compressed.named_modules())
-    for name, choice in plan.compressed().items():
-        layer = modules.get(name)
-        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-            raise UserInputError(f"plan names {name!r}, which is not a Conv2d or Linear layer")
-        set_submodule(compressed, name, skeleton_layer(layer, choice))
-    return compressed
+    return _replace_layers(model, plan, skeleton_layer)
 
 
 def skeleton_layer(layer: nn.Conv2d | nn.Linear, choice: LayerChoice) -> nn.Module:

@@ -25,6 +25,7 @@ from lpsd_search.data import DataSplits, load_data
 from lpsd_search.errors import UserInputError
 from lpsd_search.evaluate import Evaluator, Measurement, measurement_attrs
 from lpsd_search.layers import find_layers
+from lpsd_search.measure import ModelSize
 from lpsd_search.objectives import ObjectiveSet, load_objectives
 from lpsd_search.pipeline import SearchOptions, file_digest, prepare_baseline, resolve_device
 from lpsd_search.plan import Plan
@@ -94,8 +95,7 @@ class TrialRunner:
     @classmethod
     def from_options(cls, options: SearchOptions) -> TrialRunner:
         """Load data and model (training and caching a baseline without a checkpoint)."""
-        for text in options.budgets:  # cheap checks first: bad input fails before any loading
-            parse_budgets([text])
+        parse_budgets(options.budgets)  # cheap checks first: bad input fails before loading
         load_space(options.space)
         load_objectives(options.objectives, options.latency_batch)
         device = resolve_device(options.device)
@@ -213,7 +213,8 @@ class TrialRunner:
             named = dict(zip(self.objectives.keys, values, strict=True))
             raise RuntimeError(f"an objective is NaN: {named}")
         # Constraints use what was measured on the built model, never the prediction.
-        constraints = [budget.excess(self.evaluator.size(model)) for budget in self.budgets]
+        built = ModelSize(measured.params, measured.bytes, measured.flops)
+        constraints = [budget.excess(built) for budget in self.budgets]
         out = {"plan": plan.to_dict(), "predicted_params": predicted.params,
                "node": self.node, **measurement_attrs(measured)}
         return TrialOutcome(values, constraints, out, measured, model)
