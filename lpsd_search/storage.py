@@ -68,21 +68,49 @@ def open_storage(url: str) -> BaseStorage:
 
 def _rdb_storage(url: str, attempts: int = 4) -> RDBStorage:
     """An ``RDBStorage``; workers that create a fresh database's schema at the same moment race
-    (PostgreSQL raises a unique-constraint error for the loser), so creation is retried."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    (the loser gets a unique-constraint or "relation already exists" error), so on PostgreSQL the
+    creation is serialised by an advisory lock, and on any server a lost race is retried."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
-            with warnings.catch_warnings():
+            with _schema_lock(url), warnings.catch_warnings():
                 # Heartbeats are "experimental" since Optuna 2.9; they make resume safe.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
                                   grace_period=GRACE_SECONDS)
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
             if attempt == attempts - 1 or not url.startswith(("postgres", "mysql")):
                 raise
+            logger.debug("storage schema race (attempt %d): %s", attempt + 1, error)
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+# Any fixed 64-bit key; it only has to be the same in every lpsd-search process.
+_SCHEMA_LOCK_KEY = 0x4C505344
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL session advisory lock while Optuna creates or checks the schema."""
+    if not url.startswith("postgres"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"),
+                               {"key": _SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                   {"key": _SCHEMA_LOCK_KEY})
+    finally:
+        engine.dispose()
 
 
 def has_heartbeat(storage: BaseStorage) -> bool:

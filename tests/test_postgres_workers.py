@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +88,19 @@ def test_a_second_round_tops_the_shared_study_up(postgres, digits_model, cache_d
     assert len(complete) == 4
     numbers = [t.number for t in study.get_trials(deepcopy=False)]
     assert sorted(numbers) == list(range(len(numbers)))
+
+
+def test_workers_opening_a_fresh_database_at_once_all_succeed(postgres):
+    # Optuna creates its schema (tables, then alembic's version table) on first open; without the
+    # advisory lock the processes that lose the race fail with "relation ... already exists".
+    storage = postgres.create_database("schema_race")
+    # Each process imports first, then waits for a common start time, so the opens coincide.
+    code = ("import sys, time; from lpsd_search.storage import open_storage; "
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
+            "open_storage(sys.argv[1]).get_all_studies()")
+    start = str(time.time() + 15)
+    openers = [subprocess.Popen([sys.executable, "-c", code, storage, start],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(6)]
+    logs = [opener.communicate(timeout=120)[0] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0] * 6, logs
