@@ -98,14 +98,22 @@ def median_seconds(function: Callable[[], Any], repeats: int) -> tuple[float, An
 
 
 def vgg16(width: float, checkpoint: str | None) -> tuple[nn.Module, str]:
-    """CIFAR-style VGG16 (3×32×32 in, 10 classes) and a note on where its weights came from."""
+    """CIFAR-style VGG16 (32×32 in, 10 classes) and a note on where its weights came from.
+
+    Three input channels, or as many as the checkpoint's first convolution has (a VGG16 trained
+    here on Fashion-MNIST has one).
+    """
     spec = "vgg16" if width == 1.0 else f"vgg16:width={width}"
     torch.manual_seed(0)  # the initial weights are then reproducible
-    model = build_model(spec, in_channels=3, num_classes=10, input_size=(32, 32))
     if checkpoint is None:
+        model = build_model(spec, in_channels=3, num_classes=10, input_size=(32, 32))
         return model.eval(), f"initial (untrained) weights of `{spec}`, torch.manual_seed(0)"
-    load_weights(model, load_checkpoint(checkpoint))
-    return model.eval(), f"checkpoint `{checkpoint}` loaded into `{spec}`"
+    loaded = load_checkpoint(checkpoint)
+    first = next(v for v in loaded["state_dict"].values() if v.ndim == 4)  # features.0.weight
+    model = build_model(spec, in_channels=first.shape[1], num_classes=10, input_size=(32, 32))
+    load_weights(model, loaded)
+    return model.eval(), (f"checkpoint `{checkpoint}` ({loaded.get('data_spec', '?')}) "
+                          f"loaded into `{spec}`")
 
 
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:

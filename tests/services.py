@@ -190,9 +190,15 @@ class RayCluster:
         self._ray_start("--head", "--port", str(self.port), "--temp-dir", str(self.root),
                         "--include-dashboard", "false", log="head.log")
         self.wait_for_nodes(1, timeout)
-        for index in range(workers):
-            self._ray_start("--address", self.address, log=f"worker{index}.log")
+        for _ in range(workers):
+            self.add_worker(wait=False)
         self.wait_for_nodes(1 + workers, timeout)
+
+    def add_worker(self, wait: bool = True, timeout: float = 90.0) -> None:
+        """Start one more worker node (its own process group: ``processes[-1]``)."""
+        self._ray_start("--address", self.address, log=f"worker{len(self.processes)}.log")
+        if wait:
+            self.wait_for_nodes(len(self.processes), timeout)
 
     def node_ids(self) -> list[str]:
         """Ids of the alive nodes, as the cluster itself reports them (``ray.nodes()``)."""
