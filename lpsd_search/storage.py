@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 HEARTBEAT_SECONDS = 20
 GRACE_SECONDS = 60
+SQLITE_LOCK_SECONDS = 60
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 VALID = ("valid: sqlite:///FILE, postgresql://USER@HOST/DB, mysql://…, journal:FILE "
          "(or a FILE.log path)")
@@ -78,13 +79,22 @@ def _rdb_storage(url: str, attempts: int = 4) -> RDBStorage:
                 # Heartbeats are "experimental" since Optuna 2.9; they make resume safe.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS,
-                                  grace_period=GRACE_SECONDS)
+                                  grace_period=GRACE_SECONDS, engine_kwargs=_engine_kwargs(url))
         except (IntegrityError, OperationalError, ProgrammingError) as error:
-            if attempt == attempts - 1 or not url.startswith(("postgres", "mysql")):
+            # SQLite too: a reader (``lpsd-search report``, a test) holding the file while the
+            # schema is created makes the writer fail with "database is locked".
+            if attempt == attempts - 1:
                 raise
             logger.debug("storage schema race (attempt %d): %s", attempt + 1, error)
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+def _engine_kwargs(url: str) -> dict[str, object]:
+    """SQLite waits up to a minute for a lock (Python's default, 5 s, is short on a busy host)."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_LOCK_SECONDS}}
+    return {}
 
 
 # Any fixed 64-bit key; it only has to be the same in every lpsd-search process.
