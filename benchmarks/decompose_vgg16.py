@@ -87,9 +87,12 @@ def plan_layers(model: nn.Module, method: str, ratio: float) -> tuple[list[Layer
     return kept, skipped
 
 
+OURS_OPTIONS: dict[str, float] = {}  # --ours-option: fit options of ours (e.g. tol)
+
+
 def run_ours(layer: Layer, method: str, repeats: int) -> Result:
-    elapsed, module = median_seconds(lambda: decompose_layer(layer.conv, method, layer.rank),
-                                     repeats)
+    elapsed, module = median_seconds(
+        lambda: decompose_layer(layer.conv, method, layer.rank, **OURS_OPTIONS), repeats)
     weight = layer.conv.weight.detach()
     error = relative_error(weight, effective_kernel(module, layer.conv))
     return Result(elapsed, error, params_of(module), repeats)
@@ -188,7 +191,7 @@ def _summary_rows(method: str, layers: list[Layer],
         runs = "median of " + str(got[0].runs) if got[0].runs > 1 else "once"
         rows.append(
             f"| {method} | {tool} | {len(done)}/{len(layers)} | {compression:.2f}x | "
-            f"{seconds(total)} | {ratio} | {error:.4f} | {worst[0].error:.4f} "
+            f"{seconds(total)} | {ratio} | {error:.5f} | {worst[0].error:.4f} "
             f"({worst[1].name}) | {runs} |")
     return rows
 
@@ -266,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="regex: run CP (every tool) only on the matching layers")
     parser.add_argument("--numpy-layer", default=None,
                         help="also time tensorly's numpy backend on this one layer")
+    parser.add_argument("--ours-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fit option for ours, e.g. tol=3e-4 (repeatable; default: "
+                             "lpsd-search's defaults)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--estimate-only", action="store_true",
                         help="time one 512x512x3x3 parafac, project the CP run and stop")
@@ -279,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     tools = [t for t in args.tools.split(",") if t]
     if set(methods) - set(METHODS) or set(tools) - set(TOOLS) or "ours" not in tools:
         parser.error(f"methods from {METHODS}, tools from {TOOLS} including 'ours'")
+    try:
+        OURS_OPTIONS.update({key: float(value) for key, value in
+                             (item.split("=", 1) for item in args.ours_option)})
+    except ValueError:
+        parser.error("--ours-option takes KEY=NUMBER, e.g. tol=3e-4")
     if args.estimate_only:
         for line in estimate(args.ratio, sorted({1.0, 0.5, args.width})):
             print(line)
@@ -288,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     lines = header("Whole-model decomposition of CIFAR VGG16", threads_note, [
         ("weights", weights_note), ("width", str(args.width)),
+        ("ours options", ", ".join(f"{k}={v:g}" for k, v in OURS_OPTIONS.items())
+         or "defaults"),
         ("target", f"{args.ratio:g} of each layer's params (ranks from lpsd-search "
                    "`rank_for_params`, the same for every tool)")])
     summary = ["## Summary", "",

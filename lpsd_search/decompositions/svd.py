@@ -66,6 +66,43 @@ def refine_eigenvectors(gram: torch.Tensor, start: torch.Tensor) -> tuple[torch.
     return values[:, -rank:].flip(-1).clamp_min(0), basis @ vectors[:, :, -rank:].flip(-1)
 
 
+def filter_subspace(gram: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """One degree-2 Chebyshev-filtered subspace step on a batch of symmetric PSD matrices.
+
+    ``start``'s span is mapped through ``T₂`` of ``gram`` scaled so that ``[-b/2, b]`` lands on
+    ``[-1, 1]``, with ``b`` just below the smallest Ritz value on ``span(start)`` (Zhou & Saad
+    2007): eigenvalues inside the interval (the unwanted ones, once the span is close) keep
+    ``|T₂| ≤ 1`` while those above it are amplified quadratically, so repeated steps converge
+    to the leading eigenspace. One step costs two products with ``gram``, an ``r × r``
+    eigenvalue problem and a QR, against an ``m``-sized ``eigh`` for the exact eigenvectors;
+    inside HOOI it is also a better step than the exact eigenvectors: on the flat spectra of
+    random or lightly trained kernels, HOOI with it reaches a given error in fewer sweeps
+    (benchmarks/decompose_vgg16.py). Falls back to ``refine_eigenvectors`` when the smallest
+    Ritz value is (near) zero.
+
+    Args:
+        gram: ``batch × m × m``.
+        start: ``batch × m × r`` with orthonormal columns.
+
+    Returns:
+        ``batch × m × r`` with orthonormal columns.
+    """
+    product = gram @ start
+    ritz = torch.linalg.eigvalsh(start.transpose(1, 2) @ product)
+    # A (near-)singular block would blow the scaling up: take the safe step there.
+    if not bool((ritz[:, 0] > 1e-4 * ritz[:, -1]).all()):
+        return refine_eigenvectors(gram, start)[1]
+    # b = 0.95·θ_min: a wanted eigenvalue at θ_min gains T₂ ≈ 1.29 per step over the unwanted
+    # ones; b = θ_min itself would leave it no gain over the interval's centre and ends.
+    upper = ritz[:, :1, None] * 0.95  # batch × 1 × 1
+    centre, half = upper / 4, upper * 0.75  # of [a, b] = [-b/2, b]
+    first = (product - centre * start) / half
+    second = 2 * (gram @ first - centre * first) / half - start
+    # Householder QR: as fast as a Cholesky QR at these sizes, and stable when T₂ has spread
+    # the columns' norms.
+    return torch.linalg.qr(second).Q
+
+
 def leading_subspace(unfolded: torch.Tensor, rank: int) -> torch.Tensor:
     """Top-``rank`` left singular vectors of a batch of matrices, via their Gram matrices.
 
