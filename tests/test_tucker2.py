@@ -124,3 +124,16 @@ def test_an_overshooting_step_falls_back_to_monotone_sweeps(monkeypatch):
     reference = _exact_hooi_error(blocks, 10, 9, sweeps=200)
     assert error < start_error
     assert error <= reference + 1e-4, (error, reference)
+
+
+def test_an_exact_fit_stops_at_once(monkeypatch):
+    """Error 0 gains nothing per sweep: the scale-free rule must still stop (not run 20 sweeps)."""
+    blocks = torch.zeros(1, 32, 32, 9)
+    blocks[0, :4, :4] = torch.randn(4, 4, 9, generator=torch.Generator().manual_seed(7))
+    sweeps = []
+    real_gram = tucker2_module._gram
+    monkeypatch.setattr(tucker2_module, "_gram", lambda m: sweeps.append(1) or real_gram(m))
+    error = tucker2_fit(blocks, 8, 8, iters=20)[3]
+    assert error < 1e-6
+    # two Grams at the start, two per sweep: at most two sweeps
+    assert len(sweeps) <= 2 + 2 * 2, len(sweeps)

@@ -50,6 +50,10 @@ def _pair(rank: Rank) -> tuple[int, int]:
     return out_rank, in_rank
 
 
+def _gram(matrices: torch.Tensor) -> torch.Tensor:
+    return matrices @ matrices.transpose(1, 2)
+
+
 def _ritz_step(gram: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     return refine_eigenvectors(gram, start)[1]
 
@@ -82,14 +86,13 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
         return (by_out @ u_in).reshape(g, n_out, area * u_in.shape[2])
 
     def gram_in(u_out: torch.Tensor) -> torch.Tensor:
-        projected = (by_in @ u_out).reshape(g, n_in, area * u_out.shape[2])
-        return projected @ projected.transpose(1, 2)
+        return _gram((by_in @ u_out).reshape(g, n_in, area * u_out.shape[2]))
 
     eye = torch.eye
     if in_rank == n_in:  # Tucker-1 on the output mode: one eigh is optimal, no sweeps
         u_in = eye(n_in, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
         projected = project_in(u_in)
-        values, u_out = leading_eigenvectors(projected @ projected.transpose(1, 2), out_rank)
+        values, u_out = leading_eigenvectors(_gram(projected), out_rank)
         error = error_of(values)
     elif out_rank == n_out:
         u_out = eye(n_out, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
@@ -99,7 +102,7 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
     else:
         u_in = leading_subspace(by_in.reshape(g, n_in, area * n_out), in_rank)
         projected = project_in(u_in)
-        values, u_out = leading_eigenvectors(projected @ projected.transpose(1, 2), out_rank)
+        values, u_out = leading_eigenvectors(_gram(projected), out_rank)
         error = error_of(values)
         best = (error, u_out, u_in, projected)
         step = filter_subspace
@@ -107,7 +110,7 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
             previous = error
             u_in = step(gram_in(u_out), u_in)
             projected = project_in(u_in)
-            gram = projected @ projected.transpose(1, 2)
+            gram = _gram(projected)
             u_out = step(gram, u_out)
             # ‖G‖² = tr(U_outᵀ G_out U_out) for any orthonormal pair: the error of this pair.
             error = error_of(u_out * (gram @ u_out))
@@ -118,7 +121,7 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
                 step = _ritz_step
                 error, u_out, u_in, projected = best
                 continue
-            if previous - error < tol * error:
+            if previous - error <= tol * error:  # ≤: an exact fit (error 0) stops too
                 break
         error, u_out, u_in, projected = best
     # core[r, i', s] = Σ_o U_out[o, r] (W ×_I U_inᵀ)[o, s, i']
