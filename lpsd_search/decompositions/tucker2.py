@@ -89,21 +89,21 @@ def tucker2_fit(blocks: torch.Tensor, out_rank: int, in_rank: int, iters: int = 
         return _gram((by_in @ u_out).reshape(g, n_in, area * u_out.shape[2]))
 
     eye = torch.eye
-    if in_rank == n_in:  # Tucker-1 on the output mode: one eigh is optimal, no sweeps
-        u_in = eye(n_in, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
-        projected = project_in(u_in)
-        values, u_out = leading_eigenvectors(_gram(projected), out_rank)
-        error = error_of(values)
-    elif out_rank == n_out:
+    if out_rank == n_out and in_rank < n_in:  # Tucker-1 on the input mode: one eigh, no sweeps
         u_out = eye(n_out, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
         values, u_in = leading_eigenvectors(gram_in(u_out), in_rank)
         error = error_of(values)
         projected = project_in(u_in)
     else:
-        u_in = leading_subspace(by_in.reshape(g, n_in, area * n_out), in_rank)
+        # ST-HOSVD start; with the input mode at full rank it is Tucker-1 on the output mode,
+        # where the one eigh is optimal.
+        u_in = (eye(n_in, dtype=blocks.dtype, device=blocks.device).expand(g, -1, -1)
+                if in_rank == n_in
+                else leading_subspace(by_in.reshape(g, n_in, area * n_out), in_rank))
         projected = project_in(u_in)
         values, u_out = leading_eigenvectors(_gram(projected), out_rank)
         error = error_of(values)
+    if in_rank < n_in and out_rank < n_out:
         best = (error, u_out, u_in, projected)
         step = filter_subspace
         for _ in range(iters):
