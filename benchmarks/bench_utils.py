@@ -62,12 +62,36 @@ def header(title: str, threads_note: str, extra: Sequence[tuple[str, str]] = ())
         ("python", platform.python_version()),
         ("CPU threads", threads_note),
         ("CPU cores on the machine", str(os.cpu_count())),
+        ("CPU", cpu_description()),
         ("machine load at the start", load_average()),
         *extra,
     ]
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     return [*lines, ""]
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the vector units torch's kernels use (results differ by CPU).
+
+    Two 2-core machines of this project measured the same code 2.5-3.7x apart, so a results
+    file names the processor it ran on: the model name and flags from ``/proc/cpuinfo`` where
+    there is one (AMX speeds up bf16 matmuls only), and torch's CPU capability.
+    """
+    parts = [platform.processor() or platform.machine()]
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if "model name" in fields:
+        parts = [fields["model name"]]
+    flags = set(fields.get("flags", "").split())
+    parts.append(f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
+    if "amx_bf16" in flags:
+        parts.append("AMX-BF16")
+    return "; ".join(parts)
 
 
 def load_average() -> str:
