@@ -78,18 +78,15 @@ def cpu_description() -> str:
     file names the processor it ran on: the model name and flags from ``/proc/cpuinfo`` where
     there is one (AMX speeds up bf16 matmuls only), and torch's CPU capability.
     """
-    parts = [platform.processor() or platform.machine()]
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    if "model name" in fields:
-        parts = [fields["model name"]]
-    flags = set(fields.get("flags", "").split())
-    parts.append(f"torch kernels {torch.backends.cpu.get_cpu_capability()}")
-    if "amx_bf16" in flags:
+    fields = {key.strip(): value.strip()
+              for key, _, value in (line.partition(":") for line in info.splitlines())}
+    parts = [fields.get("model name") or platform.processor() or platform.machine(),
+             f"torch kernels {torch.backends.cpu.get_cpu_capability()}"]
+    if "amx_bf16" in fields.get("flags", "").split():
         parts.append("AMX-BF16")
     return "; ".join(parts)
 
