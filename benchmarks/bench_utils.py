@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lpsd_search.checkpoint import load_checkpoint, load_weights
-from lpsd_search.models import build_model
+from lpsd_search.models.checkpoint import load_checkpoint, load_weights
+from lpsd_search.models.zoo import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

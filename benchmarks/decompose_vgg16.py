@@ -48,7 +48,8 @@ from tensorly.decomposition import parafac, partial_tucker
 from torch import nn
 
 from lpsd_search import decompose_layer
-from lpsd_search.decompositions import LayerGeometry, Rank, get_method
+from lpsd_search.decompositions import LayerGeometry, Rank
+from lpsd_search.decompositions.base import get_method
 
 log = logging.getLogger("decompose_vgg16")
 METHODS = ("tucker2", "cp")

@@ -39,9 +39,11 @@ from bench_utils import (
 )
 from torch import nn
 
-from lpsd_search.decompositions import LayerGeometry, get_method
-from lpsd_search.layers import set_submodule
-from lpsd_search.plan import LayerChoice, Plan, apply_plan
+from lpsd_search.decompositions import LayerGeometry
+from lpsd_search.decompositions.base import get_method
+from lpsd_search.plan.apply import apply_plan
+from lpsd_search.plan.choices import LayerChoice, Plan
+from lpsd_search.plan.layers import set_submodule
 
 
 def tucker2_ranks(model: nn.Module, ratio: float) -> dict[str, tuple[int, int]]:

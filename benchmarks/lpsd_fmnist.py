@@ -2,14 +2,14 @@
 
 One trained dense model (by default a CIFAR-style ``vgg16:width=0.25``) is compressed at every
 ``--budgets`` fraction of its parameters by the three whole-model procedures of
-``lpsd_search.compress.compress_model``, wired exactly as ``lpsd-search compress`` wires them
-(``compress_run``'s data, baseline, evaluator, validation-loss objective and factor cache):
+``lpsd_search.procedures.compress_model``, wired exactly as ``lpsd-search compress`` wires them
+(``procedures.run``'s data, baseline, evaluator, validation-loss objective and factor cache):
 
 * ``lowrank``: error-balanced ALDS ranks (``allocation.balanced_ranks``) for the whole budget;
 * ``lpsd`` (Sparsification): the same allocation for ``1 − sparse_share`` of the budget, then
   one global magnitude threshold over all residuals ``W − L`` picks the sparse entries;
 * ``alpsd``: the same global selection, alternating L/S fits, then local selection scored by the
-  validation loss on a fixed 2,000-image subset (``compress_run.validation_loss``).
+  validation loss on a fixed 2,000-image subset (``trial.validation_loss``).
 
 Every compressed model is measured as built (params, deployed bytes, validation and test
 accuracy), then given the same short fine-tune (``--finetune-steps`` AdamW steps, cosine schedule,
@@ -35,18 +35,18 @@ import torch
 from bench_utils import RESULTS, header, limit_threads, seconds, write_results
 from torch import nn
 
-from lpsd_search.baseline import BaselineConfig
-from lpsd_search.budget import Budget, parse_budget
-from lpsd_search.compress import PROCEDURES, CompressConfig, compress_model
-from lpsd_search.compress_run import OBJECTIVE_EXAMPLES, validation_loss
-from lpsd_search.data import DataSplits, load_data
+from lpsd_search.config import PROCEDURES, BaselineConfig, CompressConfig, TrainConfig
+from lpsd_search.data.splits import DataSplits, load_data
 from lpsd_search.decompositions.cache import FactorCache
 from lpsd_search.errors import UserInputError
-from lpsd_search.evaluate import Evaluator, Measurement
-from lpsd_search.pipeline import prepare_baseline, resolve_device
-from lpsd_search.plan import Plan
-from lpsd_search.sparse import masked_weights
-from lpsd_search.train import TrainConfig, accuracy
+from lpsd_search.lpsd.sparse import masked_weights
+from lpsd_search.plan.budget import Budget, parse_budget
+from lpsd_search.plan.choices import Plan
+from lpsd_search.procedures.compress import compress_model
+from lpsd_search.trial.baseline import prepare_baseline
+from lpsd_search.trial.device import resolve_device
+from lpsd_search.trial.evaluate import OBJECTIVE_EXAMPLES, Evaluator, Measurement, validation_loss
+from lpsd_search.trial.train import accuracy
 
 NAMES = {"lowrank": "low rank", "lpsd": "Sparsification", "alpsd": "ALPSD"}
 

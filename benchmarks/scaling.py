@@ -34,7 +34,7 @@ from pathlib import Path
 import optuna
 from bench_utils import RESULTS, header, seconds, version_of, write_results
 
-from lpsd_search.storage import open_storage
+from lpsd_search.strategy.storage import open_storage
 
 STUDY = "scaling"
 

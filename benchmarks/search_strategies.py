@@ -1,7 +1,7 @@
 """Search strategies at equal trials: random, TPE, NSGA-II, global→local + warm starts.
 
 Every strategy runs the same search (model, checkpoint, data, space, budgets, fine-tune, seed)
-through ``lpsd_search.pipeline.search`` with promotion off, so all trials have the same
+through ``lpsd_search.backends.optuna.search`` with promotion off, so all trials have the same
 fidelity. Per strategy the table gives the hypervolume of the feasible front after every
 ``--every`` trials (objectives: validation accuracy and params / baseline params, reference
 point (0 accuracy, 1.0 of the baseline's params); larger is better) and the best validation and
@@ -26,13 +26,11 @@ from pathlib import Path
 import numpy as np
 from bench_utils import RESULTS, header, limit_threads
 
-from lpsd_search.baseline import BaselineConfig
-from lpsd_search.controller import SearchConfig
-from lpsd_search.pareto import hypervolume_2d
-from lpsd_search.pipeline import SearchOptions, search
-from lpsd_search.report import trial_rows
-from lpsd_search.study_io import load_study
-from lpsd_search.train import TrainConfig
+from lpsd_search.backends.optuna import search
+from lpsd_search.config import BaselineConfig, SearchConfig, SearchOptions, TrainConfig
+from lpsd_search.report.pareto import hypervolume_2d
+from lpsd_search.report.results import trial_rows
+from lpsd_search.strategy.study import load_study
 
 STRATEGIES = {
     "random": {"sampler": "random", "strategy": "flat", "warm_starts": ()},

@@ -11,7 +11,7 @@ import logging
 import torch
 
 import lpsd_search
-from lpsd_search.report_summary import print_summary
+from lpsd_search.report.summary import print_summary
 
 
 def main() -> None:

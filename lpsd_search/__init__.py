@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lpsd_search.decompositions import DECOMPOSITIONS, LayerGeometry, decompose_layer
+from lpsd_search.decompositions import DECOMPOSITIONS, LayerGeometry
 from lpsd_search.errors import UserInputError
+from lpsd_search.lpsd.layer import decompose_layer
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
         return search
     if name == "load":
-        from lpsd_search.export import load
+        from lpsd_search.trial.export import load
 
         return load
     raise AttributeError(f"module 'lpsd_search' has no attribute {name!r}")

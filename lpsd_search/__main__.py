@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from lpsd_search.cli import main
+from lpsd_search.cli.main import main
 
 sys.exit(main())

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpsd_search.baseline import BaselineConfig
-from lpsd_search.controller import SearchConfig
-from lpsd_search.pipeline import SearchOptions
-from lpsd_search.pipeline import search as run_search
-from lpsd_search.train import TrainConfig
+from lpsd_search.backends.optuna import search as run_search
+from lpsd_search.config import BaselineConfig, SearchConfig, SearchOptions, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ class SearchResult:
 
     def export(self, trial: int, path: str | Path) -> list[Path]:
         """Write a front trial's model (``.pt``) and its ``torch.export`` program (``.pt2``)."""
-        from lpsd_search.study_io import export_trial
+        from lpsd_search.trial.export import export_trial
 
         return export_trial(self.out, trial, Path(path))
 

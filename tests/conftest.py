@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lpsd_search.baseline import BaselineConfig, cached_baseline
-from lpsd_search.data import DataSplits, load_data
+from lpsd_search.config import BaselineConfig
+from lpsd_search.data.splits import DataSplits, load_data
+from lpsd_search.trial.baseline import cached_baseline
 
 
 @pytest.fixture(scope="session")

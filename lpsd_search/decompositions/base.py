@@ -295,3 +295,8 @@ class Decomposition(ABC):
 
 DECOMPOSITIONS: Registry[type[Decomposition]] = Registry("decomposition method")
 """Every low-rank method by name; ``@DECOMPOSITIONS.register("svd")`` on the class."""
+
+
+def get_method(name: str) -> Decomposition:
+    """An instance of the registered method ``name`` (the error lists the valid names)."""
+    return DECOMPOSITIONS.get(name)()

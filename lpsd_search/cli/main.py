@@ -1,0 +1,163 @@
+"""The ``lpsd-search`` commands: train, search, compress, demo, report, export.
+
+Bad input prints one line (``lpsd-search: error: …``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lpsd_search.cli.parser import build_parser
+from lpsd_search.errors import UserInputError
+
+if TYPE_CHECKING:
+    from lpsd_search.config import SearchOptions
+
+logger = logging.getLogger("lpsd_search")
+
+def _train(args: argparse.Namespace) -> None:
+    from lpsd_search.config import BaselineConfig
+    from lpsd_search.data.splits import load_data
+    from lpsd_search.models.checkpoint import save_checkpoint
+    from lpsd_search.trial.baseline import train_baseline
+    from lpsd_search.trial.device import resolve_device
+
+    device = resolve_device(args.device)
+    data = load_data(args.data, seed=args.seed)
+    config = BaselineConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            seed=args.seed)
+    model, scores = train_baseline(args.model, data, config, device)
+    save_checkpoint(args.out, model, model_spec=args.model, data_spec=data.spec,
+                    meta={**scores, "epochs": args.epochs, "lr": args.lr, "seed": args.seed})
+    print(f"saved {args.out}: validation accuracy {scores['accuracy']:.4f}, "
+          f"test accuracy {scores['test_accuracy']:.4f}")
+
+
+def _compress(args: argparse.Namespace) -> None:
+    from lpsd_search.config import BaselineConfig, CompressConfig, CompressOptions, TrainConfig
+    from lpsd_search.decompositions.base import get_method
+    from lpsd_search.procedures.run import run_compress
+
+    get_method(args.low_rank)  # an unknown method fails before any data is loaded
+    options = CompressOptions(
+        model=args.model, data=args.data, budget=args.budget, out=args.out,
+        config=CompressConfig(procedure=args.method, low_rank=args.low_rank,
+                              sparse_share=args.sparse_share, local_passes=args.local_passes),
+        checkpoint=args.checkpoint,
+        finetune=TrainConfig(args.finetune_steps, args.finetune_lr, args.batch_size,
+                             seed=args.seed),
+        baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
+        device=args.device, cache_dir=args.cache_dir, seed=args.seed,
+    )
+    document = run_compress(options)
+    base, result = document["baseline"], document["compressed"]
+    print(f"{args.method}: {result['params']:,} params ({result['compression']:.1f}x smaller "
+          f"than {base['params']:,}), validation accuracy {result['accuracy']:.2%} "
+          f"({result['accuracy_before_finetune']:.2%} before the fine-tune; baseline "
+          f"{base['accuracy']:.2%}), test {result['test_accuracy']:.2%}")
+    print(f"plan: {args.out / 'plan.json'}")
+
+
+def _search(args: argparse.Namespace) -> None:
+    from lpsd_search.cli.options import options_from_args
+    from lpsd_search.cli.progress import SearchProgress
+    from lpsd_search.report.summary import print_summary
+
+    options = options_from_args(args)
+    if getattr(args, "backend", "optuna") == "ray":
+        _run_ray(args, options)
+    else:
+        from lpsd_search.backends.optuna import search
+
+        with SearchProgress(options.search.trials) as progress:
+            search(options, on_trial=progress.update, on_start=progress.update)
+    print_summary(options.out)
+    written = [options.out / "pareto.json", options.out / "trials.csv"]
+    if not args.no_report:
+        written += _render(options.out)
+    print("results: " + ", ".join(str(path) for path in written))
+
+
+def _run_ray(args: argparse.Namespace, options: SearchOptions) -> dict[str, Any]:
+    """Run the search on Ray Tune (``--backend ray``)."""
+    from lpsd_search.backends.ray.driver import run_ray_search
+    from lpsd_search.config import RayConfig
+
+    config = RayConfig(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
+                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)
+    return run_ray_search(options, config)
+
+
+def _render(out: Path) -> list[Path]:
+    from lpsd_search.report.html import render_report
+
+    try:
+        return render_report(out)
+    except Exception as error:  # the numbers are on disk already; a drawing problem is minor
+        logger.warning("could not render the visual report: %s", error)
+        return []
+
+
+def _report(args: argparse.Namespace) -> None:
+    from lpsd_search.report.summary import print_summary
+    from lpsd_search.strategy.study import report_from_storage
+
+    out, _ = report_from_storage(args.dir, args.storage, args.study, args.out)
+    print_summary(out)
+    written = [out / "pareto.json", out / "trials.csv", *_render(out)]
+    print("results: " + ", ".join(str(path) for path in written))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lpsd_search.trial.export import export_trial
+
+    written = export_trial(args.dir, args.trial, args.out)
+    print("wrote " + ", ".join(str(path) for path in written))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lpsd-search``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) is not None:
+        from lpsd_search.cli.options import apply_config
+
+        try:
+            args = apply_config(parser, argv, args)
+        except UserInputError as error:
+            print(f"lpsd-search: error: {error}", file=sys.stderr)
+            return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "compress":
+            _compress(args)
+        elif args.command == "report":
+            _report(args)
+        elif args.command == "export":
+            _export(args)
+        else:
+            _search(args)
+    except UserInputError as error:
+        print(f"lpsd-search: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lpsd-search: interrupted; finished trials are kept, re-run to continue",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Results of a search: files, Pareto logic, terminal tables, PNG and HTML.
+
+``pareto`` (plain numpy front and hypervolume), ``results`` (``pareto.json`` and ``trials.csv``
+from a study), ``data`` (the files read back for rendering), ``summary`` (terminal tables),
+``png``, ``svg``, ``layers`` and ``html`` (the visual report). Nothing here runs a trial.
+"""
+
+from __future__ import annotations
+
+from lpsd_search.report.data import ReportData, load_report
+from lpsd_search.report.html import render_report
+from lpsd_search.report.pareto import hypervolume_2d, non_dominated
+from lpsd_search.report.png import render_png
+from lpsd_search.report.results import (
+    TrialRow,
+    front,
+    front_numbers,
+    pareto_document,
+    trial_rows,
+    write_results,
+)
+from lpsd_search.report.summary import print_summary
+
+__all__ = [
+    "ReportData",
+    "TrialRow",
+    "front",
+    "front_numbers",
+    "hypervolume_2d",
+    "load_report",
+    "non_dominated",
+    "pareto_document",
+    "print_summary",
+    "render_png",
+    "render_report",
+    "trial_rows",
+    "write_results",
+]

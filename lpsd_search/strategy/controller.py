@@ -1,0 +1,122 @@
+"""The search strategy: which stage the next trial is in, and what it keeps fixed.
+
+Global → local: the first ``global_share`` of the trials sample only the global knobs (every
+layer follows the global family, rank and sparsity); the rest refine a base trial taken in turn
+from the current feasible front, re-sampling the per-layer choices of a random subset of layers
+while everything else keeps the base's values. The trial count, orphan handling and the stage
+choice live here; the engines (``backends``) only execute the trials.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import random
+import socket
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lpsd_search.config import SearchConfig
+
+if TYPE_CHECKING:
+    from lpsd_search.strategy.runner import TrialRunner
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILURES = 5
+ORPHAN_SECONDS = 60
+"""A RUNNING trial with no worker attribute this old was asked by a process killed before it
+could name itself (a live worker names its trial right after asking)."""
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Mark RUNNING trials whose worker process on this host is gone as failed."""
+    host = socket.gethostname()
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get("worker", ""))
+        name, _, pid = worker.rpartition(":")
+        started = trial.datetime_start or now
+        orphan = not worker and (now - started).total_seconds() > ORPHAN_SECONDS
+        if orphan or (name == host and pid.isdigit() and not _alive(int(pid))):
+            logger.warning("trial %d was left running by a dead process; marking it failed",
+                           trial.number)
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def completed_count(study: optuna.Study) -> int:
+    """Trials that finished with measurements (failed or interrupted ones do not count)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def claimed_count(study: optuna.Study) -> int:
+    """Completed trials plus those other workers are running now (they will complete).
+
+    A RUNNING trial without a worker attribute is left out: it is an orphan of a killed process
+    (``fail_dead_trials`` fails it once it is old enough) or another worker's trial in the
+    instant after its ask, which ``is_surplus`` catches.
+    """
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    return sum(1 for t in trials if t.state == TrialState.COMPLETE or "worker" in t.user_attrs)
+
+
+def is_surplus(study: optuna.Study, number: int, trials: int) -> bool:
+    """Whether completed or running trials numbered below ``number`` already make ``trials``."""
+    earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                   TrialState.RUNNING))
+               if t.number < number
+               and (t.state == TrialState.COMPLETE or "worker" in t.user_attrs)]
+    return len(earlier) >= trials
+
+
+def _bases(study: optuna.Study, runner: TrialRunner,
+           margin: float) -> list[optuna.trial.FrozenTrial]:
+    """Front trials worth refining: within ``margin`` of the front's best first objective.
+
+    The far end of an accuracy/size front holds models that lost most of their accuracy; a
+    per-layer refinement around them rarely helps, while one around the accurate models finds
+    smaller ones that keep their accuracy.
+    """
+    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    if not front:
+        return []
+    sign = 1.0 if runner.objectives.directions[0] == "maximize" else -1.0
+    best = max(sign * t.values[0] for t in front)
+    return [t for t in front if sign * t.values[0] >= best - margin]
+
+
+def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
+                 rng: random.Random) -> tuple[str, dict[str, Any], int | None]:
+    """The next trial's stage, the parameters it fixes, and its base trial (local stage)."""
+    if config.strategy == "flat":
+        return "flat", {}, None
+    done = completed_count(study)
+    if done < math.ceil(config.global_share * config.trials):
+        return "global", runner.space.neutral_local(), None
+    bases = _bases(study, runner, config.base_margin)
+    if not bases:
+        return "global", runner.space.neutral_local(), None
+    local_done = sum(1 for t in study.get_trials(deepcopy=False)
+                     if t.user_attrs.get("stage") == "local")
+    base = sorted(bases, key=lambda t: t.number)[local_done % len(bases)]
+    layers = list(runner.space.allowed)
+    chosen = set(rng.sample(layers, max(1, round(config.local_share * len(layers)))))
+    fixed = {key: value for key, value in base.params.items()
+             if key in runner.distributions() and key.split(":")[0] not in chosen}
+    return "local", fixed, base.number
+
+

@@ -1,0 +1,231 @@
+"""Everything one trial needs, built once per worker: parameters in, measurements out.
+
+``TrialRunner`` is the seam between the search engines and the work: the Optuna controller and
+the Ray Tune backend both sample ``distributions()`` (or call ``suggest``) and hand the
+parameters to ``run``, which maps them to a plan (a pure function), repairs the plan to the
+budgets in closed form, builds, fine-tunes and measures it. Nothing in here knows which engine
+is driving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import optuna
+from optuna.distributions import BaseDistribution
+from torch import nn
+
+from lpsd_search.config import SearchOptions
+from lpsd_search.data.splits import DataSplits, load_data
+from lpsd_search.errors import UserInputError
+from lpsd_search.plan.budget import Budget, Pricer, parse_budgets
+from lpsd_search.plan.choices import Plan
+from lpsd_search.plan.layers import find_layers
+from lpsd_search.plan.measure import ModelSize
+from lpsd_search.strategy.objectives import ObjectiveSet, load_objectives
+from lpsd_search.strategy.params import BoundSpace
+from lpsd_search.strategy.spaces import load_space
+from lpsd_search.strategy.storage import default_url, open_storage
+from lpsd_search.trial.baseline import prepare_baseline
+from lpsd_search.trial.device import resolve_device
+from lpsd_search.trial.evaluate import Evaluator, Measurement, measurement_attrs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialOutcome:
+    """What a trial produced.
+
+    Attributes:
+        values: objective values in study order.
+        constraints: one per budget, ≤ 0 when the built model meets it.
+        attrs: user attributes for the trial (plan, measurements, source …).
+        measured: the measurements.
+        model: the fine-tuned compressed model (not stored in the study).
+    """
+
+    values: list[float]
+    constraints: list[float]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    measured: Measurement | None = None
+    model: nn.Module | None = None
+
+
+class TrialRunner:
+    """Data, dense model, evaluator, pricer and bound space of one search.
+
+    Args:
+        options: the search's options.
+        data: loaded splits.
+        model: the dense model to compress.
+    """
+
+    def __init__(self, options: SearchOptions, data: DataSplits, model: nn.Module) -> None:
+        self.options = options
+        self.data = data
+        self.device = resolve_device(options.device)
+        self.objectives: ObjectiveSet = load_objectives(options.objectives,
+                                                        options.latency_batch)
+        self.evaluator = Evaluator(
+            model, data, options.finetune, self.device,
+            latency_batch=self.objectives.latency_batch if self.objectives.needs_latency
+            else None, latency_runs=self.objectives.latency_runs)
+        self.baseline = self.evaluator.baseline()
+        size = self.evaluator.size(self.evaluator.model)
+        self.budgets: list[Budget] = [spec.resolve(size)
+                                      for spec in parse_budgets(options.budgets)]
+        space = load_space(options.space)
+        targets = find_layers(self.evaluator.model, self.evaluator.example)
+        allowed = space.allowed(targets)
+        if not allowed:
+            raise UserInputError(
+                f"search space {space.name!r} selects no compressible layer of {options.model!r}"
+            )
+        self.pricer = Pricer(targets, size)
+        self.pricer.check_reachable(self.budgets, allowed)
+        modules = dict(self.evaluator.model.named_modules())
+        self.space = BoundSpace(space, targets, allowed, modules)
+        self.node = socket.gethostname()
+        self.created_study = False
+
+    @classmethod
+    def from_options(cls, options: SearchOptions) -> TrialRunner:
+        """Load data and model (training and caching a baseline without a checkpoint)."""
+        parse_budgets(options.budgets)  # cheap checks first: bad input fails before loading
+        load_space(options.space)
+        load_objectives(options.objectives, options.latency_batch)
+        device = resolve_device(options.device)
+        data = load_data(options.data, seed=options.search.seed)
+        model = prepare_baseline(options.model, data, options.checkpoint, options.baseline,
+                                 device, options.cache_dir)
+        return cls(options, data, model)
+
+    # -- what engines need ----------------------------------------------------------------
+
+    @property
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
+        return self.objectives.directions
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.name for o in self.objectives.objectives]
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        return self.space.distributions()
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        return self.space.suggest(trial)
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that must match for a stored study to be continued."""
+        options = self.options
+        return {
+            "model": options.model, "data": self.data.spec, "space": self.space.space.name,
+            "budget": ",".join(b.requested for b in self.budgets),
+            "objectives": ",".join(self.objective_names),
+            "finetune_steps": options.finetune.steps, "finetune_lr": options.finetune.lr,
+            "distill": options.finetune.distill_alpha, "seed": options.search.seed,
+            "checkpoint": file_digest(options.checkpoint) if options.checkpoint else "trained",
+        }
+
+    def storage_url(self) -> str:
+        return self.options.search.storage or default_url(self.options.out)
+
+    def open_study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+        """Create the study, or load it when it exists and was made with the same settings."""
+        self.options.out.mkdir(parents=True, exist_ok=True)
+        url = self.storage_url()
+        name = self.options.search.study_name
+        storage = open_storage(url)
+        try:
+            study = optuna.create_study(storage=storage, study_name=name,
+                                        directions=self.objectives.directions, sampler=sampler)
+            self.created_study = True  # only the creator enqueues warm starts
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+            if [d.name.lower() for d in study.directions] != list(self.objectives.directions):
+                raise UserInputError(f"study {name!r} in {url} has other objectives; valid: "
+                                     "the same --objectives, or a new --study") from None
+        except ValueError as error:
+            raise UserInputError(f"cannot open study {name!r} in {url}: {error}") from None
+        identity = self.identity()
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            study.set_user_attr("config", identity)
+            study.set_user_attr("baseline", measurement_attrs(self.baseline))
+            study.set_user_attr("budgets", [b.to_dict() for b in self.budgets])
+            study.set_user_attr("budget", self.budgets[0].to_dict())
+            study.set_user_attr("objectives", self.objectives.to_dict())
+            study.set_user_attr("layers", dict(self.space.allowed))
+        elif stored != identity:
+            changed = sorted(k for k in set(stored) | set(identity)
+                             if stored.get(k) != identity.get(k))
+            raise UserInputError(
+                f"study {name!r} in {url} was made with other settings ({', '.join(changed)} "
+                "differ); valid: the same options, or a new --study / --out"
+            )
+        return study
+
+    def save_model(self, number: int, model: nn.Module, attrs: Mapping[str, Any]) -> None:
+        """Keep a trial's fine-tuned weights for ``lpsd-search export``."""
+        from lpsd_search.trial.export import save_trial_model
+
+        save_trial_model(self.options.out, number, model, attrs, model_spec=self.options.model,
+                         data_spec=self.data.spec,
+                         input_shape=(self.data.in_channels, *self.data.input_size),
+                         num_classes=self.data.num_classes)
+
+    # -- one trial --------------------------------------------------------------------------
+
+    def plan_for(self, params: Mapping[str, Any],
+                 override: Mapping[str, Any] | None = None) -> Plan:
+        """The repaired plan of ``params`` (or of a warm start's plan, if it fits)."""
+        if override is not None:
+            plan = Plan.from_dict(override)
+            if self.pricer.fits(plan, self.budgets):
+                return plan
+        requests = self.space.requests(params)
+        return self.pricer.fit(requests, self.budgets, self.space.allowed)
+
+    def run(self, params: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
+            steps: int | None = None) -> TrialOutcome:
+        """Repair, build, fine-tune and measure the plan of ``params``.
+
+        Args:
+            params: the sampled parameters (see ``BoundSpace``).
+            attrs: the trial's user attributes so far (a warm start's ``plan_override``).
+            steps: fine-tune steps (default: the search's).
+        """
+        attrs = dict(attrs or {})
+        plan = self.plan_for(params, attrs.get("plan_override"))
+        predicted = self.pricer.size(plan)
+        measured, model = self.evaluator.evaluate(plan, steps)
+        if (measured.params, measured.bytes, measured.flops) != (
+                predicted.params, predicted.bytes, predicted.flops):
+            logger.warning("closed-form size %s differs from the built model's %s",
+                           predicted, measured)
+        values = [float(getattr(measured, key)) for key in self.objectives.keys]
+        if any(math.isnan(v) for v in values):
+            named = dict(zip(self.objectives.keys, values, strict=True))
+            raise RuntimeError(f"an objective is NaN: {named}")
+        # Constraints use what was measured on the built model, never the prediction.
+        built = ModelSize(measured.params, measured.bytes, measured.flops)
+        constraints = [budget.excess(built) for budget in self.budgets]
+        out = {"plan": plan.to_dict(), "predicted_params": predicted.params,
+               "node": self.node, **measurement_attrs(measured)}
+        return TrialOutcome(values, constraints, out, measured, model)
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

@@ -1,0 +1,73 @@
+"""One trial, engine-agnostic: plan → compressed model → fine-tune → measurements.
+
+``train`` (the training loop every command shares, with sparse masks kept), ``evaluate`` (the
+``Evaluator`` and its ``Measurement``), ``baseline`` (the dense starting point: loaded, or
+trained with the same loop and cached), ``device`` and ``export`` (compressed models on disk:
+front weights, ``load``, ``torch.export`` programs).
+"""
+
+from __future__ import annotations
+
+from lpsd_search.trial.baseline import (
+    cached_baseline,
+    default_cache_dir,
+    load_model,
+    new_model,
+    prepare_baseline,
+    train_baseline,
+)
+from lpsd_search.trial.device import resolve_device
+from lpsd_search.trial.evaluate import (
+    Evaluator,
+    Measurement,
+    measure_latency,
+    measurement_attrs,
+    validation_loss,
+)
+from lpsd_search.trial.export import (
+    example_input,
+    export_program,
+    export_trial,
+    load,
+    model_path,
+    prune_models,
+    save_compressed,
+    save_trial_model,
+)
+from lpsd_search.trial.train import (
+    TrainingDiverged,
+    accuracy,
+    batches,
+    score,
+    steps_for_epochs,
+    train,
+)
+
+__all__ = [
+    "Evaluator",
+    "Measurement",
+    "TrainingDiverged",
+    "accuracy",
+    "batches",
+    "cached_baseline",
+    "default_cache_dir",
+    "example_input",
+    "export_program",
+    "export_trial",
+    "load",
+    "load_model",
+    "measure_latency",
+    "measurement_attrs",
+    "model_path",
+    "new_model",
+    "prepare_baseline",
+    "prune_models",
+    "resolve_device",
+    "save_compressed",
+    "save_trial_model",
+    "score",
+    "steps_for_epochs",
+    "train",
+    "train_baseline",
+    "validation_loss",
+]

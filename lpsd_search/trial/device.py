@@ -1,0 +1,22 @@
+"""Which device a run uses: ``auto`` picks CUDA when there is a GPU."""
+
+from __future__ import annotations
+
+import torch
+
+from lpsd_search.errors import UserInputError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when there is a GPU; otherwise the named device, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {name!r} is not available here; valid: auto, cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"unsupported device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    return device

@@ -1,0 +1,180 @@
+"""The evaluator: plan → compressed model → short fine-tune → measurements.
+
+It knows nothing about the search driving it (Optuna in-process, or Ray Tune): it takes a plan
+and returns numbers, so every backend runs exactly the same trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from lpsd_search.config import TrainConfig
+from lpsd_search.data.splits import DataSplits
+from lpsd_search.decompositions.cache import FactorCache
+from lpsd_search.plan.apply import apply_plan
+from lpsd_search.plan.choices import Plan
+from lpsd_search.plan.measure import ModelSize, measure
+from lpsd_search.trial.train import batches, score, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one trial measured on the built model.
+
+    Attributes:
+        params: parameters of the compressed model.
+        bytes: bytes a deployed file would hold.
+        flops: multiply-accumulates per sample.
+        accuracy: validation accuracy (what the search optimises).
+        test_accuracy: test accuracy (reported only, never used to choose).
+        seconds: wall time of the trial.
+        loss: validation cross-entropy.
+        latency_ms: median forward latency on the evaluation device (NaN when not measured).
+        finetune_steps: fine-tune steps this measurement had.
+    """
+
+    params: int
+    bytes: int
+    flops: int
+    accuracy: float
+    test_accuracy: float
+    seconds: float
+    loss: float = math.nan
+    latency_ms: float = math.nan
+    finetune_steps: int = 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, example: torch.Tensor, runs: int = 20,
+                    warmup: int = 3) -> float:
+    """Median wall time in ms of one forward pass over ``example`` (synchronised on CUDA)."""
+    model.eval()
+    cuda = example.device.type == "cuda"
+    times = []
+    for index in range(warmup + runs):
+        if cuda:
+            torch.cuda.synchronize(example.device)
+        start = time.perf_counter()
+        model(example)
+        if cuda:
+            torch.cuda.synchronize(example.device)
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return 1000.0 * sorted(times)[len(times) // 2]
+
+
+class Evaluator:
+    """Runs trials against one dense model and one dataset.
+
+    Args:
+        model: the trained dense model (not modified).
+        data: the train / validation / test splits.
+        finetune: fine-tuning settings applied to every compressed model.
+        device: where decomposition, fine-tuning and evaluation run.
+        cache: factors shared by every plan this evaluator builds (trials repeat layers).
+        latency_batch: batch size of the latency measurement; None skips it.
+        latency_runs: timed passes per latency measurement.
+    """
+
+    def __init__(self, model: nn.Module, data: DataSplits, finetune: TrainConfig,
+                 device: torch.device, cache: FactorCache | None = None,
+                 latency_batch: int | None = None, latency_runs: int = 20) -> None:
+        self.model = model.to(device).eval()
+        # One cache for every plan of this evaluator: a search's trials repeat most layers.
+        self.cache = cache if cache is not None else FactorCache()
+        self.data = data
+        self.finetune = finetune
+        self.device = device
+        height, width = data.input_size
+        self.example = torch.zeros(1, data.in_channels, height, width, device=device)
+        self.latency_batch = latency_batch
+        self.latency_runs = latency_runs
+        # The dense model as a frozen teacher for distillation (never trained).
+        self.teacher: nn.Module | None = None
+        if finetune.distill_alpha > 0:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+
+    def size(self, model: nn.Module) -> ModelSize:
+        """Measured params / bytes / FLOPs of ``model`` at the data's input size."""
+        return measure(model, self.example)
+
+    def _measure(self, model: nn.Module, start: float, steps: int) -> Measurement:
+        model.eval()
+        size = self.size(model)
+        val_accuracy, val_loss = score(model, self.data.val, self.device)
+        test_accuracy, _ = score(model, self.data.test, self.device)
+        latency = math.nan
+        if self.latency_batch:
+            batch = self.example.expand(self.latency_batch, *self.example.shape[1:]).contiguous()
+            latency = measure_latency(model, batch, self.latency_runs)
+        return Measurement(size.params, size.bytes, size.flops, val_accuracy, test_accuracy,
+                           time.perf_counter() - start, val_loss, latency, steps)
+
+    def baseline(self) -> Measurement:
+        """Measurements of the dense model, without fine-tuning."""
+        return self._measure(self.model, time.perf_counter(), 0)
+
+    def build(self, plan: Plan) -> nn.Module:
+        """The compressed model of ``plan`` before fine-tuning."""
+        return apply_plan(self.model, plan, self.cache)
+
+    def evaluate(self, plan: Plan, steps: int | None = None) -> tuple[Measurement, nn.Module]:
+        """Build, fine-tune and measure ``plan``.
+
+        Args:
+            plan: what to build.
+            steps: fine-tune steps (default: the evaluator's ``finetune.steps``); promotion
+                passes a longer fine-tune here.
+
+        Returns:
+            The measurements and the fine-tuned compressed model.
+
+        Raises:
+            TrainingDiverged: the fine-tune produced a NaN or infinite loss.
+        """
+        start = time.perf_counter()
+        config = self.finetune if steps is None else replace(self.finetune, steps=steps)
+        model = self.build(plan)
+        if config.steps > 0:
+            train(model, self.data.train, config, self.device, teacher=self.teacher)
+        result = self._measure(model, start, config.steps)
+        logger.debug("plan %s -> %s", plan.summary(), result)
+        return result, model
+
+
+def measurement_attrs(measured: Measurement) -> dict[str, Any]:
+    """The measurement as JSON-safe trial attributes (NaN fields left out)."""
+    return {k: v for k, v in measured.to_dict().items()
+            if not (isinstance(v, float) and math.isnan(v))}
+
+
+OBJECTIVE_EXAMPLES = 2000
+"""Validation images the local selection scores each candidate on (a fixed subset: speed)."""
+
+
+def validation_loss(data: DataSplits, device: torch.device,
+                    examples: int = OBJECTIVE_EXAMPLES) -> Any:
+    """A function returning a model's mean cross-entropy on a fixed validation subset."""
+    inputs, labels = next(batches(data.val, examples, torch.Generator().manual_seed(0)))
+    inputs, labels = inputs.to(device), labels.to(device)
+
+    @torch.no_grad()
+    def loss(model: nn.Module) -> float:
+        model.to(device).eval()
+        return float(functional.cross_entropy(model(inputs), labels))
+
+    return loss

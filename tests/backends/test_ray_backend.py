@@ -1,0 +1,208 @@
+"""The Ray Tune backend: on a real two-node Ray cluster on this machine, through the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from services import RayCluster, ray_cluster
+
+from lpsd_search.cli.parser import add_ray_arguments
+from lpsd_search.config import RayConfig
+from lpsd_search.errors import UserInputError
+
+# Same baseline recipe as the conftest fixture, so the driver loads the cached weights.
+FAST = ["--train-epochs", "8", "--finetune-steps", "20", "--seed", "0", "--budget", "0.5",
+        "--device", "cpu", "--no-report"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    with ray_cluster(workers=1) as running:
+        yield running
+
+
+def _command(cluster: RayCluster, out: Path, cache_dir: Path, trials: int) -> list[str]:
+    return [sys.executable, "-m", "lpsd_search", "-q", "search", "--backend", "ray",
+            "--ray-address", cluster.address, "--cpus-per-trial", "1", "--max-concurrent", "2",
+            "--trials", str(trials), "--out", str(out), "--cache-dir", str(cache_dir), *FAST]
+
+
+def _env(cluster: RayCluster) -> dict[str, str]:
+    # The driver only samples and records; the trials run on the cluster's nodes.
+    return {**cluster.client_env(), "OMP_NUM_THREADS": "1"}
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with (out / "trials.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="lpsd-search", storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_the_backend_modules_do_not_import_ray():
+    code = ("import sys, lpsd_search, lpsd_search.backends.ray, lpsd_search.backends.ray.driver, "
+            "lpsd_search.backends.ray.worker, lpsd_search.cli; print('ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_ray_arguments_and_their_checks():
+    parser = argparse.ArgumentParser()
+    add_ray_arguments(parser)
+    args = parser.parse_args(["--backend", "ray", "--ray-address", "10.0.0.1:6379",
+                              "--gpus-per-trial", "0.25", "--max-concurrent", "4"])
+    assert (args.backend, args.ray_address, args.gpus_per_trial, args.cpus_per_trial,
+            args.max_concurrent) == ("ray", "10.0.0.1:6379", 0.25, 1.0, 4)
+    assert parser.parse_args([]).backend == "optuna"
+    with pytest.raises(UserInputError, match="--max-concurrent 0"):
+        RayConfig(max_concurrent=0)
+    with pytest.raises(UserInputError, match="--gpus-per-trial"):
+        RayConfig(gpus_per_trial=-0.5)
+
+
+@pytest.mark.ray
+def test_trials_run_on_both_nodes_and_reach_the_results(cluster, digits_model, cache_dir,
+                                                        tmp_path):
+    out = tmp_path / "run"
+    done = subprocess.run(_command(cluster, out, cache_dir, 4), capture_output=True, text=True,
+                          env=_env(cluster), timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    rows = _rows(out)
+    assert [r["trial"] for r in rows] == [str(i) for i in range(4)]
+    assert all(r["state"] == "COMPLETE" for r in rows)
+    nodes = {r["node"] for r in rows}
+    # One CPU per node, two trials at a time: both nodes ran trials, and only these two did.
+    assert len(nodes) == 2, nodes
+    assert {n.rsplit(":", 1)[1] for n in nodes} == {i[:8] for i in cluster.node_ids()}
+    study = _study(out)
+    trial_ids = [t.user_attrs["ray_trial_id"] for t in study.trials]
+    assert len(set(trial_ids)) == 4
+    # The same files as the Optuna backend: constraints stored, a front of feasible points.
+    assert all(set(t.constraints) == {"params"} for t in study.trials)
+    assert all(t.constraints["params"] <= 0 for t in study.trials)
+    document_points = [r for r in rows if r["pareto"] == "1"]
+    assert document_points and all(r["feasible"] == "1" for r in document_points)
+
+
+def _wait_for_completed(out: Path, count: int, process: subprocess.Popen[str],
+                        timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "trials.csv").is_file() and sum(
+                r["state"] == "COMPLETE" for r in _rows(out)) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{count} trials did not complete in time (rc {process.poll()})")
+
+
+@pytest.mark.ray
+def test_an_interrupted_run_resumes_without_losing_or_repeating_trials(cluster, digits_model,
+                                                                     cache_dir, tmp_path):
+    out = tmp_path / "run"
+    command = _command(cluster, out, cache_dir, 6)
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=_env(cluster))
+    _wait_for_completed(out, 2, first, timeout=300)
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
+    log = first.communicate(timeout=120)[0]
+    assert first.returncode == 130, log[-3000:]
+    before = {t.user_attrs["ray_trial_id"]: t.values for t in _study(out).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    assert 2 <= len(before) < 6
+
+    second = subprocess.run(command, capture_output=True, text=True, env=_env(cluster),
+                            timeout=400)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+
+    study = _study(out)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6
+    trial_ids = [t.user_attrs["ray_trial_id"] for t in study.trials]
+    assert len(trial_ids) == len(set(trial_ids))
+    assert sorted(t.number for t in study.trials) == list(range(len(study.trials)))
+    after = {t.user_attrs["ray_trial_id"]: t.values for t in complete}
+    assert all(after[trial_id] == values for trial_id, values in before.items())
+    # The interrupted experiment was restored rather than a new one started beside it.
+    assert [p.name for p in (out / "ray").iterdir() if p.is_dir()] == ["lpsd-search-1"]
+
+
+def _node_workers(node: subprocess.Popen[bytes]) -> dict[int, str]:
+    """The node's Ray worker processes (pid → title).
+
+    Workers run in process groups of their own; they are the children of the node's raylet,
+    which is in the node's group.
+    """
+    workers = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if title.startswith("ray::") and os.getpgid(parent) == node.pid:
+                workers[int(proc.name)] = title
+        except (OSError, ProcessLookupError, ValueError, IndexError):
+            continue
+    return workers
+
+
+def _kill_node(node: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the whole node at once, as a lost machine would go: raylet, agents, workers."""
+    workers = _node_workers(node)
+    os.killpg(node.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.wait(timeout=30)
+
+
+def _failures_in_experiment(out: Path) -> int:
+    """Failed attempts that Tune counted, summed over the experiment's trials."""
+    total = 0
+    for state in (out / "ray").glob("*/experiment_state*.json"):
+        for _, metadata in json.loads(state.read_text())["trial_data"]:
+            total += int(json.loads(metadata)["num_failures"])
+    return total
+
+
+@pytest.mark.ray
+def test_a_dead_worker_node_fails_only_its_trial_which_is_retried(cluster, digits_model,
+                                                                  cache_dir, tmp_path):
+    # A node of its own, so that killing it leaves the module's two nodes as they were.
+    cluster.add_worker()
+    node = cluster.processes[-1]
+    out = tmp_path / "run"
+    command = [*_command(cluster, out, cache_dir, 4), "--max-concurrent", "3"]
+    search = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=_env(cluster))
+    deadline = time.monotonic() + 300
+    # Ray retitles a worker ``ray::<Trainable>.train`` while it runs a trial.
+    while not any(".train" in title for title in _node_workers(node).values()):
+        assert search.poll() is None and time.monotonic() < deadline, "no trial on the node"
+        time.sleep(0.1)
+    _kill_node(node)
+
+    log = search.communicate(timeout=400)[0]
+    assert search.returncode == 0, log[-3000:]
+    study = _study(out)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    # Four Tune trials, four results: the killed one was run again, not dropped or replaced.
+    assert len({t.user_attrs["ray_trial_id"] for t in study.trials}) == 4
+    assert _failures_in_experiment(out) >= 1
+    assert sorted(t.number for t in study.trials) == list(range(4))

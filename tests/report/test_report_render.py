@@ -1,0 +1,397 @@
+"""The visual reports: pareto.png, report.html (checked in a real headless Chromium), summary."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import fcntl
+import io
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+from lpsd_search.cli.main import main
+from lpsd_search.errors import UserInputError
+from lpsd_search.report.data import (
+    COMPRESSION_LEVELS,
+    export_command,
+    hypervolume_curve,
+    load_report,
+)
+from lpsd_search.report.html import render_report
+from lpsd_search.report.pareto import hypervolume_2d
+from lpsd_search.report.summary import print_summary
+
+CHROMIUM = shutil.which("chromium")
+HEADER = ["trial", "state", "params", "bytes", "flops", "accuracy", "test_accuracy",
+          "compression", "feasible", "pareto", "seconds", "plan", "fail_reason"]
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[Path]:
+    """A small real search; --train-epochs 8 reuses the conftest baseline from the cache."""
+    out = tmp_path_factory.mktemp("report") / "run"
+    # One thread: on a small busy CI machine two contend and the search takes many times longer.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["-q", "search", "--budget", "0.5", "--trials", "6", "--finetune-steps",
+                     "20", "--train-epochs", "8", "--seed", "0", "--device", "cpu", "--out",
+                     str(out), "--cache-dir", str(cache_dir)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    yield out
+
+
+@pytest.fixture(scope="module")
+def rendered(search_dir: Path) -> list[Path]:
+    for name in ("pareto.png", "report.html"):  # the search may have drawn them already
+        (search_dir / name).unlink(missing_ok=True)
+    return render_report(search_dir)
+
+
+def _write_results(out: Path, points: list[dict[str, Any]], rows: list[dict[str, Any]],
+                   **extra: Any) -> Path:
+    """A hand-made output directory with the keys newer searches add (``extra``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    baseline = {"params": 1000, "bytes": 4000, "flops": 50000, "accuracy": 0.9,
+                "test_accuracy": 0.88}
+    document = {"study": "hand-made", "config": {"model": "tiny"}, "baseline": baseline,
+                "budget": {"metric": "params", "requested": "0.5", "limit": 500,
+                           "fraction": 0.5}, "points": points, **extra}
+    (out / "pareto.json").write_text(json.dumps(document))
+    columns = HEADER + sorted({key for row in rows for key in row} - set(HEADER))
+    with (out / "trials.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+def _point(trial: int, params: int, accuracy: float, **extra: Any) -> dict[str, Any]:
+    return {"trial": trial, "params": params, "bytes": 4 * params, "flops": 50 * params,
+            "accuracy": accuracy, "test_accuracy": accuracy - 0.01,
+            "compression": 1000 / params, "plan": {"conv": {"method": "svd", "rank": 2,
+                                                             "sparsity": 0.0}}, **extra}
+
+
+def _row(point: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    row = {key: point[key] for key in ("trial", "params", "bytes", "flops", "accuracy",
+                                       "test_accuracy", "compression")}
+    return {**row, "state": "COMPLETE", "feasible": 1, "pareto": 1, "plan": "conv=svd(2)",
+            **extra}
+
+
+def _failed(trial: int, reason: str) -> dict[str, Any]:
+    return {"trial": trial, "state": "FAIL", "feasible": 0, "pareto": 0, "plan": "fc=svd(1)",
+            "fail_reason": reason}
+
+
+def _pixel_spread(png: bytes | Path) -> float:
+    """Standard deviation of the grey levels: ~0 for a blank or single-colour image."""
+    source = io.BytesIO(png) if isinstance(png, bytes) else png
+    with Image.open(source) as image:
+        return float(np.asarray(image.convert("L"), dtype=float).std())
+
+
+def test_render_report_writes_a_chart_and_a_page_next_to_pareto_json(search_dir, rendered):
+    assert rendered == [search_dir / "pareto.png", search_dir / "report.html"]
+    with Image.open(rendered[0]) as image:
+        assert (image.format, image.size) == ("PNG", (1200, 800))
+        dark = (np.asarray(image.convert("L")) < 128).mean()
+    assert _pixel_spread(rendered[0]) > 10 and dark > 0.005  # axes, text and markers drawn
+
+
+def test_html_is_self_contained_and_exports_every_front_point(search_dir, rendered):
+    page = rendered[1].read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
+    assert "<script src" not in page and "stylesheet" not in page
+    document = json.loads((search_dir / "pareto.json").read_text())
+    assert document["points"]
+    for point in document["points"]:
+        assert f'id="trial-{point["trial"]}"' in page
+        assert escape(export_command(search_dir, point["trial"])) in page
+    assert f"lpsd-search export {search_dir} --trial" in page
+    for element in ("front-plot", "hypervolume-plot", "layer-table"):
+        assert f'id="{element}"' in page
+
+
+def test_hypervolume_grows_to_that_of_the_feasible_trials(search_dir):
+    data = load_report(search_dir)
+    volumes = [volume for _, volume in hypervolume_curve(data)]
+    assert len(volumes) == len(data.trials) and volumes == sorted(volumes)
+    feasible = np.array([[r.measures["accuracy"], r.measures["params"]]
+                         for r in data.completed if r.feasible])
+    expected = hypervolume_2d(feasible, [True, False], [0.0, data.baseline["params"]])
+    assert 0 < volumes[-1] <= 1
+    assert volumes[-1] == pytest.approx(expected / data.baseline["params"])
+
+
+def test_hypervolume_curve_counts_only_completed_trials_within_budget(tmp_path):
+    # Baseline 1000 params. Trial 0 dominates 0.9 × (1000 - 500) = 450, trial 2 adds
+    # 0.5 × (500 - 100) = 200; the failed trial 1 and the over-budget trial 3 add nothing.
+    rows = [_row(_point(0, 500, 0.9)), _failed(1, "boom"), _row(_point(2, 100, 0.5)),
+            _row(_point(3, 600, 0.95), feasible=0, pareto=0)]
+    curve = hypervolume_curve(load_report(_write_results(tmp_path / "run", [], rows)))
+    assert curve == [(0, pytest.approx(0.45)), (1, pytest.approx(0.45)),
+                     (2, pytest.approx(0.65)), (3, pytest.approx(0.65))]
+
+
+def test_summary_shows_the_front_and_every_reachable_compression_level(search_dir):
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_summary(search_dir, console)
+    text = console.export_text()
+    assert "Pareto front" in text and "baseline" in text
+    reached = max(p["compression"] for p in load_report(search_dir).points)
+    for level in COMPRESSION_LEVELS:
+        assert (f"≥ {level:g}×" in text) == (level <= reached)
+
+
+def test_best_point_per_level_is_the_most_accurate_at_least_that_small(tmp_path):
+    # Compression 10×, 5.6× and 2.5×: at ≥ 2× the 2.5× point is the most accurate.
+    points = [_point(1, 100, 0.5), _point(2, 180, 0.7), _point(3, 400, 0.85)]
+    out = _write_results(tmp_path / "run", points, [_row(p) for p in points])
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_summary(out, console)
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in console.export_text().splitlines() if "≥" in line}
+    assert lines == {"≥ 2×": "3", "≥ 5×": "2", "≥ 10×": "1"}
+
+
+def test_failed_trials_and_an_empty_front_still_render(tmp_path):
+    infeasible = _point(1, 800, 0.6)
+    rows = [_failed(0, "CUDA out of memory"), _row(infeasible, feasible=0, pareto=0),
+            {"trial": 2, "state": "RUNNING"}]
+    out = _write_results(tmp_path / "run", [], rows)
+    png, html = render_report(out)
+    page = html.read_text()
+    assert "the front is empty" in page and "CUDA out of memory" in page
+    assert Image.open(png).size == (1200, 800)
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_summary(out, console)
+    assert "No front point reaches 2×" in console.export_text()
+
+
+def test_no_completed_trial_gives_a_page_that_says_so_and_no_results_an_error(tmp_path):
+    out = _write_results(tmp_path / "run", [], [_failed(0, "boom")])
+    (out / "trials.csv").unlink()  # a search killed before its first trial finished
+    png, html = render_report(out)
+    assert "No completed trials yet" in html.read_text() and png.is_file()
+    with pytest.raises(UserInputError, match=r"pareto\.json is missing"):
+        render_report(tmp_path)
+
+
+def test_newer_keys_show_references_latency_and_promotion_and_text_is_escaped(tmp_path):
+    evil = "<script>alert('x')</script>"
+    front = [_point(3, 100, 0.7, latency_ms=1.25, promoted=True), _point(4, 300, 0.88)]
+    front[1]["plan"] = {"conv": {"method": "tucker2", "rank": [3, 2], "sparsity": 0.05,
+                                 "alternating": True}, evil: {"method": "none", "rank": None,
+                                                              "sparsity": 0.1}}
+    rows = [_row(_point(0, 480, 0.8), source="uniform svd", stage="global", pareto=0),
+            _row(_point(1, 450, 0.5), source="alpsd", pareto=0, plan=evil),
+            _failed(2, evil), _row(front[0], source="sampled"), _row(front[1], source=evil)]
+    budgets = [{"metric": "params", "limit": 500, "fraction": 0.5},
+               {"metric": "bytes", "limit": 2000, "fraction": 0.5}]
+    out = _write_results(tmp_path / "run", front, rows, budgets=budgets, layers=["conv", evil],
+                         study=evil, objectives=[{"name": "accuracy", "direction": "maximize"}])
+    png, html = render_report(out)
+    page = html.read_text()
+    assert evil not in page and escape(evil) in page
+    assert "reference: uniform svd" in page and "reference: alpsd" in page
+    assert "latency 1.25 ms" in page and "promoted" in page
+    assert "bytes ≤ 2,000" in page and "+S 5.00%" in page
+    assert _pixel_spread(png) > 10
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol with the standard library alone:
+    with ``--remote-debugging-pipe`` it reads NUL-terminated JSON on fd 3 and answers on fd 4."""
+
+    def __init__(self, executable: str, profile: Path) -> None:
+        # Moved above fd 9 first so that placing them on 3 and 4 in the child cannot clobber.
+        commands_in, self._commands = os.pipe()
+        self._replies, replies_out = os.pipe()
+        ends = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (commands_in, replies_out)]
+        os.close(commands_in)
+        os.close(replies_out)
+        self._stderr = (profile / "stderr.log").open("wb")
+        self.process = subprocess.Popen(
+            [executable, "--headless", "--remote-debugging-pipe", "--no-sandbox",
+             "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+             "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            pass_fds=(3, 4), preexec_fn=lambda: (os.dup2(ends[0], 3), os.dup2(ends[1], 4)))
+        for fd in ends:
+            os.close(fd)
+        self._buffer, self._next_id = b"", 0
+        self.events: list[dict[str, Any]] = []
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            timeout = max(0.0, deadline - time.monotonic())
+            if not select.select([self._replies], [], [], timeout)[0]:
+                raise TimeoutError("chromium did not answer within 30 s")
+            chunk = os.read(self._replies, 1 << 20)
+            if not chunk:
+                raise EOFError(f"chromium exited; its log: {self._stderr.name}")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return dict(json.loads(message))
+
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        command: dict[str, Any] = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            command["sessionId"] = session
+        os.write(self._commands, json.dumps(command).encode() + b"\0")
+        deadline = time.monotonic() + 30
+        while (message := self._receive(deadline)).get("id") != self._next_id:
+            self.events.append(message)
+        assert "error" not in message, f"{method}: {message['error']}"
+        return dict(message["result"])
+
+    def wait_for(self, method: str, session: str) -> None:
+        deadline = time.monotonic() + 30
+        while not any(m.get("method") == method and m.get("sessionId") == session
+                      for m in self.events):
+            self.events.append(self._receive(deadline))
+
+    def open(self, html: Path) -> str:
+        """Load ``html`` in a new 1280×900 tab; return the tab's session."""
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        session = str(self.call("Target.attachToTarget", targetId=target, flatten=True)
+                      ["sessionId"])
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.call(f"{domain}.enable", session)
+        self.call("Emulation.setDeviceMetricsOverride", session, width=1280, height=900,
+                  deviceScaleFactor=1, mobile=False)
+        self.call("Page.navigate", session, url=html.resolve().as_uri())
+        self.wait_for("Page.loadEventFired", session)
+        self.evaluate(session, "new Promise(done => setTimeout(done, 200))")  # late reports
+        return session
+
+    def evaluate(self, session: str, expression: str) -> Any:
+        reply = self.call("Runtime.evaluate", session, expression=expression,
+                          returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in reply, reply["exceptionDetails"]
+        return reply["result"].get("value")
+
+    def problems(self, session: str) -> list[str]:
+        """Console output but console.log, uncaught exceptions, logged errors, remote requests."""
+        found = []
+        for event in (e for e in self.events if e.get("sessionId") == session):
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.consoleAPICalled" and params["type"] != "log":
+                found.append(f"console.{params['type']}: {params['args']}")
+            elif method == "Runtime.exceptionThrown":
+                details = params["exceptionDetails"]
+                found.append(f"exception: {details.get('exception', details)['description']}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                found.append(f"log: {params['entry']['text']}")
+            elif (method == "Network.requestWillBeSent"
+                  and not params["request"]["url"].startswith(("file:", "data:"))):
+                found.append(f"request: {params['request']['url']}")
+        return found
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+            self.process.wait(timeout=10)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            os.close(self._commands)
+            os.close(self._replies)
+            self._stderr.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian package 'chromium')")
+    chromium = Chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
+    yield chromium
+    chromium.close()
+
+
+def _box(browser: Chromium, session: str, selector: str) -> dict[str, float]:
+    """The element scrolled into view: its page box (x, y, width, height), its viewport centre."""
+    return dict(browser.evaluate(session, f"""(() => {{
+        const node = document.querySelector('{selector}');
+        node.scrollIntoView({{block: "center"}});
+        const r = node.getBoundingClientRect();
+        return {{x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height,
+                 cx: r.x + r.width / 2, cy: r.y + r.height / 2}}; }})()"""))
+
+
+def _screenshot(browser: Chromium, session: str, selector: str) -> bytes:
+    box = _box(browser, session, selector)
+    clip = {key: box[key] for key in ("x", "y", "width", "height")} | {"scale": 1}
+    shot = browser.call("Page.captureScreenshot", session, clip=clip, captureBeyondViewport=True)
+    return base64.b64decode(shot["data"])
+
+
+@pytest.mark.browser
+def test_page_loads_in_chromium_without_errors_and_shows_the_plot(browser, search_dir, rendered):
+    session = browser.open(rendered[1])
+    box = _box(browser, session, "#front-plot")
+    assert box["width"] > 600 and box["height"] > 300
+    assert _pixel_spread(_screenshot(browser, session, "#front-plot")) > 10
+    assert browser.problems(session) == []
+
+
+@pytest.mark.browser
+def test_hovering_a_front_point_shows_its_numbers_and_marks_its_row(browser, search_dir,
+                                                                    rendered):
+    point = json.loads((search_dir / "pareto.json").read_text())["points"][0]
+    session = browser.open(rendered[1])
+    dot = _box(browser, session, f'#front-plot circle.front[data-trial="{point["trial"]}"]')
+    browser.call("Input.dispatchMouseEvent", session, type="mouseMoved", x=dot["cx"],
+                 y=dot["cy"])
+    tip, row = browser.evaluate(session, "[getComputedStyle(tooltip).display === 'block' ? "
+                                "tooltip.textContent : '', document.getElementById("
+                                f"'trial-{point['trial']}').className]")
+    assert tip.startswith(f"trial {point['trial']} (front") and row == "hl"
+    for text in (f"params {int(point['params']):,}", f"bytes {int(point['bytes']):,}",
+                 f"FLOPs {int(point['flops']):,}", f"val acc {point['accuracy']:.2%}",
+                 f"test acc {point['test_accuracy']:.2%}"):
+        assert text in tip
+    assert browser.problems(session) == []
+
+
+@pytest.mark.browser
+def test_an_empty_report_loads_in_chromium_without_errors(browser, tmp_path):
+    page = render_report(_write_results(tmp_path / "run", [], [_failed(0, "boom")]))[1]
+    session = browser.open(page)
+    assert "No completed trials yet" in browser.evaluate(session, "document.body.innerText")
+    assert browser.problems(session) == []
+
+
+@pytest.mark.browser
+def test_the_chromium_checks_catch_errors_blocked_requests_and_blank_shots(browser, tmp_path):
+    # The page's own policy blocks the image: the blocked load must be reported, as must the
+    # console error; and a screenshot of an empty box must count as blank.
+    page = render_report(_write_results(tmp_path / "run", [], [_failed(0, "boom")]))[1]
+    broken = tmp_path / "broken.html"
+    broken.write_text(page.read_text().replace(
+        "</main>", '</main><img src="https://example.invalid/a.png"><div id="blank" '
+        'style="width:300px;height:200px"></div><script>console.error("deliberate")</script>'))
+    session = browser.open(broken)
+    problems = "\n".join(browser.problems(session))
+    assert "deliberate" in problems and "example.invalid" in problems
+    assert _pixel_spread(_screenshot(browser, session, "#blank")) < 1

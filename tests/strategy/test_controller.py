@@ -1,0 +1,112 @@
+"""The controller: failed trials are recorded and skipped, dead workers cleaned up."""
+
+from __future__ import annotations
+
+import csv
+import socket
+import subprocess
+import sys
+
+import optuna
+
+from lpsd_search.backends.optuna import run_search
+from lpsd_search.config import SearchConfig, SearchOptions, TrainConfig
+from lpsd_search.strategy.controller import completed_count, fail_dead_trials
+from lpsd_search.strategy.runner import TrialRunner
+from lpsd_search.strategy.samplers import make_sampler
+from lpsd_search.trial import evaluate
+from lpsd_search.trial.train import TrainingDiverged
+
+
+def _runner(digits, digits_model, tmp_path, budget="0.5", space="default", steps=5,
+            **search):
+    options = SearchOptions(model="digits-cnn", data="digits", budget=budget, out=tmp_path,
+                            space=space, finetune=TrainConfig(steps=steps),
+                            search=SearchConfig(**search), device="cpu")
+    return TrialRunner(options, digits, digits_model), options
+
+
+def test_a_failed_trial_is_recorded_and_does_not_count(digits, digits_model, tmp_path,
+                                                       monkeypatch):
+    real_train = evaluate.train
+    calls = {"n": 0}
+
+    def diverge_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TrainingDiverged("loss became nan at step 3")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "train", diverge_once)
+    runner, options = _runner(digits, digits_model, tmp_path, trials=3, warm_starts=())
+    study = runner.open_study(make_sampler("tpe", 0))
+
+    run_search(study, runner, options.search, tmp_path)
+
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                      optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.COMPLETE]
+    assert completed_count(study) == 3
+    with (tmp_path / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[1]["state"] == "FAIL"
+    assert rows[1]["fail_reason"] == "TrainingDiverged: loss became nan at step 3"
+    assert all(row["fail_reason"] == "" for i, row in enumerate(rows) if i != 1)
+
+
+def test_global_stage_then_local_refinements_of_front_trials(digits, digits_model, tmp_path):
+    runner, options = _runner(digits, digits_model, tmp_path, trials=8, warm_starts=(),
+                              global_share=0.5, local_share=0.25)
+    study = runner.open_study(make_sampler("random", 0))
+    run_search(study, runner, options.search, tmp_path)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    stages = [t.user_attrs["stage"] for t in trials]
+    assert stages == ["global"] * 4 + ["local"] * 4
+    neutral = runner.space.neutral_local()
+    for trial in trials[:4]:
+        assert all(trial.params[k] == v for k, v in neutral.items())
+    for trial in trials[4:]:
+        base = study.trials[trial.user_attrs["base_trial"]]
+        # The base is an earlier finished trial (global, or a local one that reached the front).
+        assert base.number < trial.number and base.user_attrs["stage"] in ("global", "local")
+        # A local trial keeps the base's global knobs and re-samples one layer (25 % of 4).
+        assert all(trial.params[k] == v for k, v in base.params.items()
+                   if k.startswith("global:"))
+        changed = {k.split(":")[0] for k, v in trial.params.items()
+                   if not k.startswith("global:") and base.params[k] != v}
+        assert len(changed) <= 1
+
+
+def test_warm_starts_run_first_with_their_exact_plans(digits, digits_model, tmp_path):
+    runner, options = _runner(digits, digits_model, tmp_path, budget="0.3", trials=4,
+                              warm_starts=("uniform", "vbmf", "alds"))
+    study = runner.open_study(make_sampler("tpe", 0))
+    run_search(study, runner, options.search, tmp_path)
+    sources = [t.user_attrs["source"] for t in study.trials]
+    # Five warm starts are enqueued; the fifth waits for a run with more trials.
+    assert sources == ["uniform svd", "uniform tucker2", "vbmf", "alds", "alds x0.5"]
+    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert trial.user_attrs["plan"] == trial.user_attrs["plan_override"]
+        assert trial.user_attrs["params"] <= runner.budgets[0].limit
+
+
+def test_trials_left_running_by_a_dead_process_are_failed(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                storage=f"sqlite:///{tmp_path / 'study.db'}")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)
+    host = socket.gethostname()
+    orphan = study.ask()
+    orphan.set_user_attr("worker", f"{host}:{dead_pid}")
+    alive = study.ask()
+    alive.set_user_attr("worker", f"{host}:1")  # pid 1 always exists
+    elsewhere = study.ask()
+    elsewhere.set_user_attr("worker", f"another-host:{dead_pid}")
+
+    fail_dead_trials(study)
+
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {orphan.number: optuna.trial.TrialState.FAIL,
+                      alive.number: optuna.trial.TrialState.RUNNING,
+                      elsewhere.number: optuna.trial.TrialState.RUNNING}
