@@ -34,6 +34,7 @@ from pathlib import Path
 import optuna
 from bench_utils import RESULTS, header, seconds, version_of, write_results
 
+from lpsd_search.report.record import trial_seconds, trial_worker
 from lpsd_search.strategy.storage import open_storage
 
 STUDY = "scaling"
@@ -80,10 +81,10 @@ def scaling(args: argparse.Namespace, root: Path, workers: int) -> dict[str, flo
     wall = _run(commands)
     trials = _complete(storage, study)
     span = (trials[-1].datetime_complete - min(t.datetime_start for t in trials)).total_seconds()
-    work = statistics.median(float(t.user_attrs["seconds"]) for t in trials)
+    work = statistics.median(trial_seconds(t) for t in trials)
     return {"workers": workers, "trials": len(trials), "span": span, "wall": wall,
             "per_hour": len(trials) / span * 3600, "work": work,
-            "nodes": len({t.user_attrs.get("worker") for t in trials})}
+            "nodes": len({trial_worker(t) for t in trials})}
 
 
 def overhead(args: argparse.Namespace, root: Path, backend: str) -> dict[str, float]:
@@ -95,11 +96,11 @@ def overhead(args: argparse.Namespace, root: Path, backend: str) -> dict[str, fl
     # The first cycle holds the start-up (data, model, for Ray the cluster and the actor).
     cycles = [(b.datetime_complete - a.datetime_complete).total_seconds()
               for a, b in itertools.pairwise(trials)]
-    overheads = [c - float(t.user_attrs["seconds"]) for c, t in zip(cycles, trials[1:],
+    overheads = [c - trial_seconds(t) for c, t in zip(cycles, trials[1:],
                                                                     strict=True)]
     return {"backend": backend, "trials": len(trials), "wall": wall,
             "cycle": statistics.median(cycles), "work": statistics.median(
-                float(t.user_attrs["seconds"]) for t in trials[1:]),
+                trial_seconds(t) for t in trials[1:]),
             "overhead": statistics.median(overheads)}
 
 

@@ -29,6 +29,7 @@ from bench_utils import RESULTS, header, limit_threads
 from lpsd_search.backends.optuna import search
 from lpsd_search.config import BaselineConfig, SearchConfig, SearchOptions, TrainConfig
 from lpsd_search.report.pareto import hypervolume_2d
+from lpsd_search.report.record import study_baseline, study_budgets
 from lpsd_search.report.results import trial_rows
 from lpsd_search.strategy.study import load_study
 
@@ -117,8 +118,8 @@ def main() -> None:
         note += f"; {args.jobs} strategies at a time, one process each"
     results = _run_all(args)
     study = load_study(f"sqlite:///{args.work / 'random' / 'study.db'}", None)
-    baseline = study.user_attrs["baseline"]
-    limit = min(b["limit"] for b in study.user_attrs["budgets"] if b["metric"] == "params")
+    baseline = study_baseline(study)
+    limit = min(b["limit"] for b in study_budgets(study) if b["metric"] == "params")
     lines = header("Search strategies at equal trials", note, [
         ("model / data", f"`{args.model}` on `{args.data}`, checkpoint `{args.checkpoint}`"),
         ("baseline", f"{baseline['params']:,} params, validation accuracy "

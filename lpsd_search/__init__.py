@@ -1,18 +1,29 @@
 """lpsd-search: budget-aware search over per-layer decompositions plus sparse residuals.
 
 Importing the package is cheap: it pulls in torch (needed by every public function) but never
-Ray, and never initialises CUDA.
+Ray, torchvision, scikit-learn or pandas, and never initialises CUDA.
 """
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
 from lpsd_search.decompositions import DECOMPOSITIONS, LayerGeometry
 from lpsd_search.errors import UserInputError
 from lpsd_search.lpsd.layer import decompose_layer
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # pyproject.toml holds the only version literal; a source tree that was never installed
+    # (``PYTHONPATH=.``) has no metadata to read it from.
+    try:
+        return metadata.version("lpsd-search")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "DECOMPOSITIONS",

@@ -1,5 +1,8 @@
 """The Python API: ``lpsd_search.search(...)`` mirrors ``lpsd-search search``.
 
+Its defaults are the dataclasses' of ``lpsd_search.config``, and its arguments go through the
+same ``search_options`` as the command line's.
+
 Example:
     >>> import lpsd_search
     >>> result = lpsd_search.search("digits-cnn", "digits", budget=0.3, trials=12,
@@ -18,6 +21,7 @@ from typing import Any
 
 from lpsd_search.backends.optuna import search as run_search
 from lpsd_search.config import BaselineConfig, SearchConfig, SearchOptions, TrainConfig
+from lpsd_search.options import search_options
 
 
 @dataclass(frozen=True)
@@ -50,40 +54,80 @@ class SearchResult:
         return export_trial(self.out, trial, Path(path))
 
 
-def search(model: str, data: str = "digits", *, budget: float | str | Sequence[float | str],
-           out: str | Path = "lpsd-out", checkpoint: str | None = None, space: str = "default",
-           objectives: str = "default", trials: int = 20, finetune_steps: int = 200,
-           finetune_lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
-           sampler: str = "tpe", strategy: str = "global-local", global_share: float = 0.4,
-           warm_starts: Sequence[str] = ("uniform", "vbmf", "alds", "lpsd", "alpsd"),
-           promote_steps: int | None = None, distill: float = 0.0,
-           storage: str | None = None, study: str = "lpsd-search", device: str = "auto",
-           train_epochs: float = 30.0, latency_batch: int | None = None) -> SearchResult:
-    """Run (or continue) a search; every argument is the CLI option of the same name.
+CLI_ONLY: tuple[str, ...] = ("config", "no_report", "backend", "ray_address", "cpus_per_trial",
+                             "gpus_per_trial", "max_concurrent")
+"""Options of ``lpsd-search search`` that ``search`` does not take: the TOML file (pass the
+arguments), the visual report (``lpsd_search.report.html.render_report(out)`` draws it) and the
+Ray backend (``lpsd-search search --backend ray``)."""
+
+
+def search(model: str = SearchOptions.model, data: str = SearchOptions.data, *,
+           budget: float | str | Sequence[float | str],
+           out: str | Path = SearchOptions.out,
+           checkpoint: str | None = None,
+           space: str = SearchOptions.space,
+           objectives: str = SearchOptions.objectives,
+           latency_batch: int | None = None,
+           trials: int = SearchConfig.trials,
+           finetune_steps: int = TrainConfig.steps,
+           finetune_lr: float = TrainConfig.lr,
+           batch_size: int = TrainConfig.batch_size,
+           distill: float = TrainConfig.distill_alpha,
+           distill_temperature: float = TrainConfig.distill_temperature,
+           seed: int = SearchConfig.seed,
+           sampler: str = SearchConfig.sampler,
+           strategy: str = SearchConfig.strategy,
+           global_share: float = SearchConfig.global_share,
+           warm_starts: str | Sequence[str] = SearchConfig.warm_starts,
+           no_warm_start: bool = False,
+           promote_steps: int | None = None,
+           promote_margin: float = SearchConfig.promote_margin,
+           storage: str | None = None,
+           study: str = SearchConfig.study_name,
+           train_epochs: float = BaselineConfig.epochs,
+           device: str = SearchOptions.device,
+           cache_dir: str | Path | None = None) -> SearchResult:
+    """Run (or continue) a search; every argument is the ``lpsd-search search`` option of the
+    same name, with the same default (the dataclasses' of ``lpsd_search.config``).
+
+    The command line's ``--config``, ``--no-report`` and Ray options are not taken here
+    (``CLI_ONLY``). ``search_options(**arguments)`` gives the options without running them.
 
     Args:
         model: model spec (``digits-cnn``, ``vgg16:width=0.25``, ``pkg.mod:factory`` …).
         data: data spec (``digits``, ``fashion-mnist``, ``cifar10:DIR`` …).
         budget: one budget or several (``0.1``, ``50000``, ``"flops=0.3"``).
         out: results folder.
-        checkpoint: trained weights; None trains and caches a baseline.
-        promote_steps: fine-tune steps of promoted trials (default 3× ``finetune_steps``).
+        checkpoint: trained weights; None trains and caches a baseline (``train_epochs``).
+        space: search-space preset or TOML file.
+        objectives: objectives preset, TOML file or a list such as ``"accuracy,flops"``.
+        latency_batch: batch size of the measured latency objective.
+        trials: completed trials the study should hold (a re-run tops it up).
+        finetune_steps: fine-tune steps of every trial.
+        finetune_lr: fine-tune learning rate.
+        batch_size: fine-tune batch size.
+        distill: knowledge-distillation weight from the dense model (0 = off).
+        distill_temperature: distillation temperature.
+        seed: seed of the sampler, the fine-tune and the baseline.
+        sampler: ``tpe``, ``nsga2`` or ``random``.
+        strategy: ``global-local`` or ``flat``.
+        global_share: share of the trials in the global stage.
+        warm_starts: heuristic plans run first (names, or a comma list).
+        no_warm_start: run no warm starts.
+        promote_steps: fine-tune steps of promoted trials (None: 3× ``finetune_steps``; 0
+            disables promotion).
+        promote_margin: promote trials within this validation accuracy of the front.
+        storage: Optuna storage URL (None: ``OUT/study.db``).
+        study: study name in the storage.
+        train_epochs: epochs of the baseline trained when no checkpoint is given.
+        device: ``auto``, ``cpu`` or ``cuda:N``.
+        cache_dir: where trained baselines are cached (None: ``~/.cache/lpsd-search``).
 
     Returns:
         The result, read from the files the search wrote.
+
+    Raises:
+        UserInputError: an invalid option (one line naming it and what is valid).
     """
-    budgets = (tuple(str(b) for b in budget) if isinstance(budget, (list, tuple))
-               else (str(budget),))
-    options = SearchOptions(
-        model=model, data=data, budget=budgets, out=Path(out), checkpoint=checkpoint,
-        space=space, objectives=objectives, latency_batch=latency_batch,
-        finetune=TrainConfig(finetune_steps, finetune_lr, batch_size, seed=seed,
-                             distill_alpha=distill),
-        search=SearchConfig(trials=trials, seed=seed, storage=storage, study_name=study,
-                            warm_starts=tuple(warm_starts), sampler=sampler, strategy=strategy,
-                            global_share=global_share,
-                            promote_steps=3 * finetune_steps if promote_steps is None
-                            else promote_steps),
-        baseline=BaselineConfig(epochs=train_epochs, seed=seed), device=device,
-    )
-    return SearchResult(Path(out), run_search(options))
+    options = search_options(**locals())
+    return SearchResult(options.out, run_search(options))

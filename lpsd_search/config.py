@@ -1,26 +1,32 @@
 """Every option dataclass of lpsd-search in one place, with one set of defaults.
 
-The command line, the TOML config and the Python API all map onto these frozen dataclasses;
-nothing below them keeps a default of its own. The module imports nothing but the error type,
-so every layer can take its settings from here.
+The command line, the TOML config and the Python API all map onto these frozen dataclasses
+(through ``lpsd_search.options``); nothing above them keeps a default of its own. The module
+imports nothing but the error type, so every layer can take its settings from here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from lpsd_search.errors import UserInputError
 
 
+def _check(ok: bool, what: str, value: object, valid: str) -> None:
+    """Raise the one-line error ``<what> <value> is invalid; valid: <valid>`` unless ``ok``."""
+    if not ok:
+        raise UserInputError(f"{what} {value!r} is invalid; valid: {valid}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser settings.
+    """Optimiser settings; the defaults are the fine-tune of every trial.
 
     Attributes:
         steps: optimiser steps.
-        lr: Adam learning rate (cosine-decayed to zero over ``steps``).
+        lr: AdamW learning rate (cosine-decayed to zero over ``steps``).
         batch_size: examples per step.
         weight_decay: decoupled weight decay (AdamW).
         seed: seeds the batch order.
@@ -29,8 +35,8 @@ class TrainConfig:
         distill_temperature: softmax temperature T of the distillation loss.
     """
 
-    steps: int
-    lr: float = 1e-3
+    steps: int = 200
+    lr: float = 3e-3
     batch_size: int = 64
     weight_decay: float = 0.0
     seed: int = 0
@@ -38,12 +44,14 @@ class TrainConfig:
     distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.distill_alpha <= 1.0:
-            raise UserInputError(
-                f"distillation weight {self.distill_alpha} is invalid; valid: a float in [0, 1]")
-        if not self.distill_temperature > 0:
-            raise UserInputError(f"distillation temperature {self.distill_temperature} is "
-                                 "invalid; valid: > 0")
+        _check(self.steps >= 0, "fine-tune steps", self.steps, "0 or more")
+        _check(self.lr > 0, "learning rate", self.lr, "> 0")
+        _check(self.batch_size >= 1, "batch size", self.batch_size, "1 or more")
+        _check(self.weight_decay >= 0, "weight decay", self.weight_decay, "0 or more")
+        _check(0.0 <= self.distill_alpha <= 1.0, "distillation weight", self.distill_alpha,
+               "a float in [0, 1]")
+        _check(self.distill_temperature > 0, "distillation temperature",
+               self.distill_temperature, "> 0")
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,14 @@ class BaselineConfig:
     weight_decay: float = 5e-4
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check(self.epochs > 0, "baseline epochs", self.epochs, "> 0")
+        _check(self.lr > 0, "baseline learning rate", self.lr, "> 0")
+        _check(self.batch_size >= 1, "baseline batch size", self.batch_size, "1 or more")
+        _check(self.weight_decay >= 0, "baseline weight decay", self.weight_decay, "0 or more")
+
 
 Procedure = Literal["lpsd", "alpsd", "lowrank"]
-
-
 PROCEDURES: tuple[str, ...] = ("lpsd", "alpsd", "lowrank")
 
 
@@ -91,18 +103,20 @@ class CompressConfig:
 
     def __post_init__(self) -> None:
         if self.procedure not in PROCEDURES:
-            raise UserInputError(
-                f"unknown procedure {self.procedure!r}; valid: {', '.join(PROCEDURES)}"
-            )
-        if not 0.0 <= self.sparse_share < 1.0:
-            raise UserInputError(
-                f"sparse share {self.sparse_share} is invalid; valid: a float in [0, 1)"
-            )
-        if not 0.0 < self.local_step < 1.0:
-            raise UserInputError(f"local step {self.local_step} is invalid; valid: (0, 1)")
+            raise UserInputError(f"unknown procedure {self.procedure!r}; valid: "
+                                 f"{', '.join(PROCEDURES)}")
+        _check(0.0 <= self.sparse_share < 1.0, "sparse share", self.sparse_share,
+               "a float in [0, 1)")
+        _check(self.local_passes >= 0, "local passes", self.local_passes, "0 or more")
+        _check(0.0 < self.local_step < 1.0, "local step", self.local_step, "(0, 1)")
 
 
 STRATEGIES = ("global-local", "flat")
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+PROMOTE_FACTOR = 3
+"""Promoted trials get this many times the search's fine-tune steps unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,10 @@ class SearchConfig:
         strategy: ``global-local`` or ``flat`` (every parameter sampled in every trial).
         global_share: share of the trials in the global stage.
         local_share: share of the layers a local trial re-samples.
-        promote_steps: fine-tune steps of the promoted (front) trials; 0 disables promotion.
+        promote_steps: fine-tune steps of the promoted (front) trials; 0 disables promotion;
+            None (the default): ``PROMOTE_FACTOR`` × the fine-tune steps, filled in
+            by ``SearchOptions`` (a bare ``SearchConfig`` handed to the controller promotes
+            nothing).
         promote_margin: trials within this much validation accuracy of the front are promoted.
         save_models: keep the fine-tuned weights of front trials under ``OUT/models``.
         base_margin: local trials refine front trials within this much of the front's best
@@ -136,22 +153,31 @@ class SearchConfig:
     strategy: str = "global-local"
     global_share: float = 0.4
     local_share: float = 0.3
-    promote_steps: int = 0
+    promote_steps: int | None = None
     promote_margin: float = 0.005
     save_models: bool = True
     base_margin: float = 0.02
 
     def __post_init__(self) -> None:
+        _check(self.trials >= 0, "trials", self.trials, "0 or more")
+        _check(self.seed >= 0, "seed", self.seed, "0 or more")
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; valid: "
                                  f"{', '.join(STRATEGIES)}")
-        if not 0.0 <= self.global_share <= 1.0 or not 0.0 < self.local_share <= 1.0:
-            raise UserInputError("global share must be in [0, 1] and local share in (0, 1]")
+        if self.sampler not in SAMPLERS:
+            raise UserInputError(f"unknown sampler {self.sampler!r}; valid: "
+                                 f"{', '.join(SAMPLERS)}")
+        _check(0.0 <= self.global_share <= 1.0, "global share", self.global_share, "[0, 1]")
+        _check(0.0 < self.local_share <= 1.0, "local share", self.local_share, "(0, 1]")
+        _check(self.promote_steps is None or self.promote_steps >= 0, "promote steps",
+               self.promote_steps, "None (automatic), 0 (no promotion) or more")
+        _check(self.promote_margin >= 0, "promote margin", self.promote_margin, "0 or more")
+        _check(self.base_margin >= 0, "base margin", self.base_margin, "0 or more")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchOptions:
-    """Everything ``lpsd-search search`` takes.
+    """Everything ``lpsd-search search`` takes (keywords only; ``budget`` is required).
 
     Attributes:
         model: model spec (``digits-cnn``, ``vgg16``, ``torchvision:NAME``, ``pkg.mod:fn``…).
@@ -163,44 +189,55 @@ class SearchOptions:
         objectives: objectives preset name, TOML path, or comma list (``accuracy,flops``).
         latency_batch: batch size of measured latency (overrides the objectives preset).
         finetune: fine-tune of every trial (and its distillation settings).
-        search: trials, seed, storage, study name, sampler, stages, warm starts, promotion.
+        search: trials, seed, storage, study name, sampler, stages, warm starts, promotion; an
+            automatic ``promote_steps`` is resolved against ``finetune.steps`` here.
         baseline: recipe used when no checkpoint is given.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         cache_dir: where trained baselines are cached (None: the default cache).
     """
 
-    model: str
-    data: str
+    model: str = "digits-cnn"
+    data: str = "digits"
     budget: str | tuple[str, ...]
-    out: Path
+    out: Path = Path("lpsd-out")
     checkpoint: str | None = None
     space: str = "default"
     objectives: str = "default"
     latency_batch: int | None = None
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=3e-3))
+    finetune: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     device: str = "auto"
     cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.budgets or not all(self.budgets):
+            raise UserInputError("--budget is required; valid: --budget 0.1 (a fraction of the "
+                                 "baseline's parameters), --budget 50000, --budget flops=0.3")
+        if self.latency_batch is not None:
+            _check(self.latency_batch >= 1, "latency batch", self.latency_batch, "1 or more")
+        if self.search.promote_steps is None:
+            steps = PROMOTE_FACTOR * self.finetune.steps
+            object.__setattr__(self, "search", replace(self.search, promote_steps=steps))
 
     @property
     def budgets(self) -> tuple[str, ...]:
         return (self.budget,) if isinstance(self.budget, str) else tuple(self.budget)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompressOptions:
     """Everything ``lpsd-search compress`` takes (see ``SearchOptions`` for the shared ones)."""
 
-    model: str
-    data: str
+    model: str = SearchOptions.model
+    data: str = SearchOptions.data
     budget: str
-    out: Path
-    config: CompressConfig
+    out: Path = Path("lpsd-compress")
+    config: CompressConfig = field(default_factory=CompressConfig)
     checkpoint: str | None = None
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=3e-3))
+    finetune: TrainConfig = field(default_factory=TrainConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    device: str = "auto"
+    device: str = SearchOptions.device
     cache_dir: Path | None = None
     seed: int = 0
 
@@ -228,7 +265,9 @@ class RayConfig:
     max_failures: int = 1
 
     def __post_init__(self) -> None:
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise UserInputError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-        if self.max_concurrent < 1:
-            raise UserInputError(f"--max-concurrent {self.max_concurrent} must be 1 or more")
+        _check(self.cpus_per_trial > 0, "--cpus-per-trial", self.cpus_per_trial, "> 0")
+        _check(self.gpus_per_trial >= 0, "--gpus-per-trial", self.gpus_per_trial, "0 or more")
+        _check(self.max_concurrent >= 1, "--max-concurrent", self.max_concurrent, "1 or more")
+        _check(self.max_failures >= 0, "max failures", self.max_failures, "0 or more")
+
+

@@ -17,8 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lpsd_search"
 TOP = "lpsd_search"
 
 BASE = "base"
-"""Modules every layer may use: errors, the registry, the presets and the option dataclasses."""
-BASE_MODULES = {"errors", "registry", "presets", "config"}
+"""Modules every layer may use: errors, the registry, the presets, the option dataclasses and
+their names."""
+BASE_MODULES = {"errors", "registry", "presets", "config", "options"}
 
 # Data flows one way: cli/api -> backends -> strategy -> procedures -> trial -> plan -> lpsd ->
 # decompositions, with models/data beside them at the bottom; report reads results only.

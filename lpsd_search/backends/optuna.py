@@ -23,6 +23,14 @@ from optuna.trial import TrialState
 
 from lpsd_search.config import SearchConfig, SearchOptions
 from lpsd_search.errors import UserInputError
+from lpsd_search.report.record import (
+    fail_reason,
+    has_origin,
+    set_fail_reason,
+    set_trial_origin,
+    set_worker,
+    write_attrs,
+)
 from lpsd_search.report.results import write_results
 from lpsd_search.strategy.controller import (
     MAX_CONSECUTIVE_FAILURES,
@@ -102,24 +110,21 @@ def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
             params = runner.suggest(trial)
         finally:
             sampler.fixed = {}
-        trial.set_user_attr("worker", worker)
+        set_worker(trial, worker)
         if is_surplus(study, trial.number, config.trials):
             # Another worker asked between our count and our ask: the study has its trials.
-            trial.set_user_attr("fail_reason", "surplus: the study already had its trials")
+            set_fail_reason(trial, "surplus: the study already had its trials")
             study.tell(trial, state=TrialState.FAIL)
             time.sleep(1.0)
             continue
-        if "stage" not in trial.user_attrs:
-            trial.set_user_attr("stage", stage)
-            trial.set_user_attr("source", "sampled")
-            if base is not None:
-                trial.set_user_attr("base_trial", base)
+        if not has_origin(trial):  # a warm start's origin came with its enqueueing
+            set_trial_origin(trial, stage=stage, base=base)
         outcome = _attempt(study, trial, runner, params, out_dir)
         if outcome is None:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 write_results(study, out_dir)
-                reason = study.trials[-1].user_attrs.get("fail_reason", "")
+                reason = fail_reason(study.trials[-1])
                 raise RuntimeError(f"{failures} trials failed in a row; last reason: {reason}")
         else:
             failures = 0
@@ -130,7 +135,7 @@ def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
         if on_trial is not None:
             on_trial(study)
     fail_dead_trials(study)
-    if config.promote_steps > 0:
+    if config.promote_steps:  # None (never resolved) or 0: no promotion
         promote(study, runner, config, out_dir)
     write_results(study, out_dir)
 
@@ -142,7 +147,7 @@ def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
         with heartbeat(study, trial):
             outcome = runner.run(params, trial.user_attrs)
     except KeyboardInterrupt:
-        trial.set_user_attr("fail_reason", "interrupted")
+        set_fail_reason(trial, "interrupted")
         study.tell(trial, state=TrialState.FAIL)
         write_results(study, out_dir)
         raise
@@ -152,11 +157,10 @@ def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
     except Exception as error:  # a failed trial is recorded and the search goes on
         reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
         logger.warning("trial %d failed: %s", trial.number, reason)
-        trial.set_user_attr("fail_reason", reason)
+        set_fail_reason(trial, reason)
         study.tell(trial, state=TrialState.FAIL)
         return None
-    for key, value in outcome.attrs.items():
-        trial.set_user_attr(key, value)
+    write_attrs(trial, outcome.attrs)
     for budget, excess in zip(runner.budgets, outcome.constraints, strict=True):
         trial.set_constraint(budget.metric, excess)
     study.tell(trial, outcome.values)

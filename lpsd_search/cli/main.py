@@ -49,8 +49,8 @@ def _compress(args: argparse.Namespace) -> None:
         config=CompressConfig(procedure=args.method, low_rank=args.low_rank,
                               sparse_share=args.sparse_share, local_passes=args.local_passes),
         checkpoint=args.checkpoint,
-        finetune=TrainConfig(args.finetune_steps, args.finetune_lr, args.batch_size,
-                             seed=args.seed),
+        finetune=TrainConfig(steps=args.finetune_steps, lr=args.finetune_lr,
+                             batch_size=args.batch_size, seed=args.seed),
         baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
         device=args.device, cache_dir=args.cache_dir, seed=args.seed,
     )
@@ -120,18 +120,30 @@ def _export(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(path) for path in written))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lpsd-search``; returns the exit status."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; a ``--config`` file's options become the subcommand's defaults
+    and the command line is parsed again, so its own options win.
+
+    Raises:
+        UserInputError: the config file is unreadable, invalid, or holds a bad key or value.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None) is not None:
         from lpsd_search.cli.options import apply_config
 
-        try:
-            args = apply_config(parser, argv, args)
-        except UserInputError as error:
-            print(f"lpsd-search: error: {error}", file=sys.stderr)
-            return 2
+        apply_config(parser.commands[args.command], args.config)
+        args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lpsd-search``; returns the exit status."""
+    try:
+        args = parse_args(argv)
+    except UserInputError as error:
+        print(f"lpsd-search: error: {error}", file=sys.stderr)
+        return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:

@@ -8,6 +8,7 @@ from types import TracebackType
 import optuna
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from lpsd_search.report.record import has_header, study_baseline
 from lpsd_search.report.results import front, study_budgets, study_objectives, trial_rows
 from lpsd_search.strategy.controller import completed_count
 
@@ -46,9 +47,9 @@ class SearchProgress:
         if not self.enabled:
             return
         done = completed_count(study)
-        baseline = study.user_attrs.get("baseline", {})
-        if "budget" not in study.user_attrs:
+        if not has_header(study):
             return
+        baseline = study_baseline(study)
         points = front(trial_rows(study), study_budgets(study), study_objectives(study))
         summary = f"front: {len(points)} points"
         if points and baseline:

@@ -1,4 +1,4 @@
-"""Datasets: train/validation/test splits (``splits``) and on-disk readers (``readers``)."""
+"""Datasets: disjoint splits (``splits``) and on-disk readers (``readers``, ``images``)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ from typing import cast
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
@@ -36,7 +35,6 @@ from lpsd_search.data.readers import (
     FASHION_MNIST_CLASSES,
     read_cifar10,
     read_fashion_mnist,
-    read_image_folders,
 )
 from lpsd_search.errors import UserInputError
 from lpsd_search.registry import Registry
@@ -216,6 +214,9 @@ def _load_digits(
 ) -> DataSplits:
     if directory is not None:
         raise UserInputError(f"data 'digits' takes no directory (got 'digits:{directory}')")
+    # scikit-learn (and the pandas it imports when installed) only for this data set.
+    from sklearn.datasets import load_digits
+
     digits = load_digits()
     images = torch.from_numpy(digits.images / 16.0).float()[:, None]
     labels = torch.from_numpy(digits.target).long()
@@ -250,6 +251,9 @@ def _load_image_folder(
     directory: str | None, seed: int, val_size: int, image_size: tuple[int, int] | None
 ) -> DataSplits:
     path = _existing_dir("imagefolder", directory)
+    # torchvision and Pillow only for image folders.
+    from lpsd_search.data.images import read_image_folders
+
     spec = f"imagefolder:{path}"
     present = [name for name in ("train", "val", "test") if (path / name).is_dir()]
     if "train" not in present:

@@ -1,8 +1,10 @@
 """Low-rank decompositions of Conv2d / Linear layers behind one registry.
 
-The contract (``base``), one module per method (``svd``, ``alds``, ``tucker2``, ``cp``, ``tt``),
-the plain-module builders they share (``modules``), a factor cache shared by the trials of a
-search (``cache``) and rank rules that need no search (``ranks``: EVBMF, energy). Importing
+The contract and the shared pipeline (``base``: weight preparation, support check, rank
+resolution, cached factorisation), one module per method (``svd``, ``alds``, ``tucker2``,
+``cp``, ``tt`` with ``tt_layout``), the plain-module builders they share (``modules``), a
+factor cache shared by the trials of a search (``cache``) and rank rules that need no search
+(``ranks``: EVBMF, energy, on each method's unfoldings). Importing
 this package registers every built-in method.
 """
 

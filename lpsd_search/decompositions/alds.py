@@ -88,12 +88,21 @@ class ALDS(Decomposition):
     def factorize(self, weight: torch.Tensor, geom: LayerGeometry, rank: Rank,
                   **options: Any) -> Factors:
         self.check_options(options)
+        left, right = truncated_svd(self._chunks(weight, geom, options), as_int_rank(rank))
+        return left, right  # g·k × O/g × r, g·k × r × (I/(g·k)·kh·kw)
+
+    def _chunks(self, weight: torch.Tensor, geom: LayerGeometry,
+                options: dict[str, Any]) -> torch.Tensor:
+        """The ``g·k`` blocks ``O/g × (I/(g·k)·kh·kw)`` that get one SVD each."""
         k = self.splits(geom, options)
         chunks = weight.reshape(geom.out_channels, geom.in_per_group, -1)
         chunks = chunks.reshape(geom.groups, geom.out_per_group, k, -1).transpose(1, 2)
-        left, right = truncated_svd(chunks.reshape(geom.groups * k, geom.out_per_group, -1),
-                                    as_int_rank(rank))
-        return left, right  # g·k × O/g × r, g·k × r × (I/(g·k)·kh·kw)
+        return chunks.reshape(geom.groups * k, geom.out_per_group, -1)
+
+    def unfoldings(self, weight: torch.Tensor, geom: LayerGeometry,
+                   **options: Any) -> list[torch.Tensor]:
+        # Every chunk's block: the one rank r applies to all of them.
+        return [self._chunks(weight, geom, options)]
 
     def factor_shapes(self, geom: LayerGeometry, rank: Rank,
                       **options: Any) -> list[tuple[int, ...]]:

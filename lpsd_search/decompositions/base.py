@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -128,14 +129,69 @@ class LayerGeometry:
         return self.dense_params * dtype_bytes
 
 
+def prepare_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight every method factorises: detached, ``O × I/g × kh × kw``, float32 or better.
+
+    A Linear weight gets two trailing unit dims (a 1×1 kernel); half precision is widened
+    because the linear algebra kernels (``eigh``, QR, Cholesky) need float32 or better.
+
+    Raises:
+        UserInputError: ``layer`` is not a Conv2d or Linear (the one-line error of
+            ``LayerGeometry.of``).
+    """
+    geom = LayerGeometry.of(layer)  # the one-line error for anything but Conv2d / Linear
+    weight = cast(torch.Tensor, layer.weight).detach()
+    if geom.kind == "linear":
+        weight = weight[:, :, None, None]
+    if weight.dtype in (torch.float16, torch.bfloat16):
+        weight = weight.float()
+    return weight
+
+
+class PreparedLayer(NamedTuple):
+    """What ``Decomposition.prepare`` hands to a factorisation.
+
+    Attributes:
+        geom: the layer's geometry.
+        rank: the concrete natural rank.
+        structural: the structural options alone (what ``build`` and the size formulas take).
+        weight: the weight as ``prepare_weight`` returns it.
+    """
+
+    geom: LayerGeometry
+    rank: Rank
+    structural: dict[str, Any]
+    weight: torch.Tensor
+
+
+def cached(cache: FactorCache | None, weight: torch.Tensor, name: str, rank: Rank,
+           settings: dict[str, Any], compute: Callable[[], Factors]) -> Factors:
+    """``compute()``, through ``cache`` when one is given (``FactorCache.get_or_compute``).
+
+    Args:
+        cache: an optional ``FactorCache``; a hit returns fresh copies on the weight's device.
+        weight: the prepared weight (its values are part of the key).
+        name: what is computed, e.g. a method name, or ``"lpsd:svd"`` for an ``L + S`` fit.
+        rank: the concrete rank.
+        settings: every option that changes the result, fit options included.
+        compute: the factorisation to run on a miss (once per key, however many threads ask).
+    """
+    if cache is None:
+        return compute()
+    key = cache.key(weight, name, rank, settings)
+    return cache.get_or_compute(key, weight.device, compute)
+
+
 class Decomposition(ABC):
     """Base class of every low-rank method.
 
-    Life cycle: ``resolve_rank`` turns what the user asked for into a concrete rank,
-    ``factorize`` computes the factors of the weight (on the weight's device), ``build`` wraps
-    them into plain modules that keep the layer's stride, padding, dilation, groups, bias and
-    output shape. ``params``, ``bytes`` and ``flops`` price a (geometry, rank, options) triple in
-    closed form. ``decompose`` runs the whole chain, optionally through a ``FactorCache``.
+    Life cycle: ``prepare`` checks the options and the layer, turns what the user asked for
+    into a concrete rank (``resolve_rank``) and the weight into ``O × I/g × kh × kw``
+    (``prepare_weight``); ``factorize`` computes the factors (on the weight's device), ``build``
+    wraps them into plain modules that keep the layer's stride, padding, dilation, groups, bias
+    and output shape. ``decompose`` runs the chain, through ``cached``. ``params``, ``bytes`` and
+    ``flops`` price a (geometry, rank, options) triple in closed form; ``unfoldings`` hands the
+    rank rules the matrices whose ranks the method truncates.
 
     Every size-related method takes the method's structural options as keywords; leaving them out
     means the defaults ``decompose`` uses, so ``params(geom, rank)`` always prices
@@ -256,6 +312,59 @@ class Decomposition(ABC):
             f"{len(top)} ints up to {top} or a float in (0, 1]"
         )
 
+    def unfoldings(self, weight: torch.Tensor, geom: LayerGeometry,
+                   **options: Any) -> list[torch.Tensor]:
+        """Batches ``b × m × n`` of the matrices whose ranks the method truncates.
+
+        One batch per entry of a tuple rank, in order; for an int rank every batch bounds the
+        one rank (see ``rank_from_unfoldings``). The matrices of a batch (groups, chunks) share
+        one rank. ``weight`` is ``O × I/g × kh × kw``; ``options`` the structural ones.
+
+        Raises:
+            UserInputError: the method has no natural unfolding (the default).
+        """
+        valid = ", ".join(n for n in DECOMPOSITIONS.names()
+                          if DECOMPOSITIONS.get(n).unfoldings is not Decomposition.unfoldings)
+        raise UserInputError(f"no rank rule for method {self.name!r}; valid: {valid}")
+
+    def rank_from_unfoldings(self, ranks: list[int], geom: LayerGeometry,
+                             **options: Any) -> Rank:
+        """The natural rank that per-unfolding ranks (one per ``unfoldings`` batch) suggest.
+
+        An int-rank method takes the largest of them (every batch bounds its one rank); a tuple
+        rank takes them in order. Each is clipped to ``[1, max_rank]``.
+        """
+        top = self.max_rank(geom, **options)
+        if isinstance(top, int):
+            return self.check_rank(geom, min(max(max(ranks), 1), top), **options)
+        clipped = tuple(min(max(r, 1), t) for r, t in zip(ranks, top, strict=True))
+        return self.check_rank(geom, clipped, **options)
+
+    def prepare(self, layer: Compressible, rank: RankSpec, options: dict[str, Any], *,
+                remedy: str = "leave it dense (method 'none')") -> PreparedLayer:
+        """Everything before a factorisation: options, support, rank and weight.
+
+        Args:
+            layer: the dense layer.
+            rank: a natural rank or a parameter fraction in (0, 1].
+            options: the method's structural and fit options (unknown names are rejected).
+            remedy: what the error for an unsupported layer suggests instead.
+
+        Raises:
+            UserInputError: an unknown option, a layer the method cannot make smaller, or an
+                invalid rank, each in one line.
+        """
+        self.check_options(options)
+        structural = {k: v for k, v in options.items() if k in self.structural_options}
+        geom = LayerGeometry.of(layer)
+        if not self.supports(geom, **structural):
+            raise UserInputError(
+                f"{self.name} cannot compress a layer of shape {tuple(layer.weight.shape)} "
+                f"(groups={geom.groups}); valid: {remedy}"
+            )
+        concrete = self.resolve_rank(geom, rank, **structural)
+        return PreparedLayer(geom, concrete, structural, prepare_weight(layer))
+
     def decompose(self, layer: Compressible, rank: RankSpec, *, cache: FactorCache | None = None,
                   **options: Any) -> nn.Module:
         """Factorise ``layer`` at ``rank`` and return the replacement module.
@@ -266,30 +375,10 @@ class Decomposition(ABC):
             cache: an optional ``FactorCache``; a hit skips the factorisation.
             **options: the method's structural and fit options.
         """
-        self.check_options(options)
-        structural = {k: v for k, v in options.items() if k in self.structural_options}
-        geom = LayerGeometry.of(layer)
-        if not self.supports(geom, **structural):
-            raise UserInputError(
-                f"{self.name} cannot compress a layer of shape {tuple(layer.weight.shape)} "
-                f"(groups={geom.groups}); valid: leave it dense (method 'none')"
-            )
-        concrete = self.resolve_rank(geom, rank, **structural)
-        weight = layer.weight.detach()
-        if geom.kind == "linear":
-            weight = weight[:, :, None, None]
-        if weight.dtype in (torch.float16, torch.bfloat16):
-            weight = weight.float()  # the linear algebra kernels need float32 or better
+        geom, concrete, structural, weight = self.prepare(layer, rank, options)
         with torch.no_grad():
-            factors = None
-            key = None
-            if cache is not None:
-                key = cache.key(weight, self.name, concrete, options)
-                factors = cache.get(key, weight.device)
-            if factors is None:
-                factors = self.factorize(weight, geom, concrete, **options)
-                if cache is not None and key is not None:
-                    cache.put(key, factors)
+            factors = cached(cache, weight, self.name, concrete, options,
+                             lambda: self.factorize(weight, geom, concrete, **options))
             return self.build(layer, factors, concrete, **structural)
 
 

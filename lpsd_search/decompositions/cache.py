@@ -2,14 +2,13 @@
 
 A search builds the same (layer, method, rank, options) many times: every trial that picks
 ``svd`` at rank 12 for ``layer3.0.conv1`` needs the same factors, and a CP-ALS or HOOI fit can
-cost far more than the rest of the build. ``Decomposition.decompose(..., cache=...)`` asks the
-cache before factorising:
+cost far more than the rest of the build. ``Decomposition.decompose(..., cache=...)`` and the
+low-rank-plus-sparse fit ask the cache before factorising, through ``base.cached``:
 
     key = cache.key(weight, method, concrete_rank, options)
-    factors = cache.get(key, weight.device)      # None on a miss
-    if factors is None:
-        factors = factorize(...)
-        cache.put(key, factors)
+    factors = cache.get_or_compute(key, weight.device, lambda: factorize(...))
+
+which factorises on a miss only, once per key however many threads miss at the same time.
 
 Keys are a digest of the weight's bytes (with its shape and dtype), so a fine-tuned or different
 model never hits another one's factors. The cache owns private copies: ``put`` stores detached

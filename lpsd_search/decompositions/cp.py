@@ -38,7 +38,12 @@ from lpsd_search.decompositions.base import (
     Rank,
 )
 from lpsd_search.decompositions.modules import Axis, conv_stage, layer_bias, pointwise_stage
-from lpsd_search.decompositions.svd import as_int_rank, leading_eigenvectors, truncated_svd
+from lpsd_search.decompositions.svd import (
+    as_int_rank,
+    channel_unfoldings,
+    leading_eigenvectors,
+    truncated_svd,
+)
 from lpsd_search.errors import UserInputError
 
 VARIANTS = ("cp4", "cp3")
@@ -323,6 +328,12 @@ class CP(Decomposition):
         factors, _ = cp_als(blocks, axes, r, iters=iters, tol=tol, linesearch=linesearch,
                             seed=seed)
         return tuple(factors)
+
+    def unfoldings(self, weight: torch.Tensor, geom: LayerGeometry,
+                   **options: Any) -> list[torch.Tensor]:
+        # Every unfolding of a rank-R CP tensor has rank ≤ R, so R must reach the larger of the
+        # two channel-mode ranks (the spatial modes are too short to matter).
+        return list(channel_unfoldings(weight, geom))
 
     def factor_shapes(self, geom: LayerGeometry, rank: Rank,
                       **options: Any) -> list[tuple[int, ...]]:

@@ -11,7 +11,7 @@ numbers as padding both axes first.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -113,3 +113,24 @@ def pointwise_stage(layer: Compressible, in_channels: int, out_channels: int, gr
 def layer_bias(layer: Compressible) -> torch.Tensor | None:
     """The layer's bias, detached, or None."""
     return None if layer.bias is None else layer.bias.detach()
+
+
+def unit_conv(layer: Compressible, dims: int, in_channels: int, out_channels: int,
+               groups: int, weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> nn.Conv2d | nn.Conv3d:
+    """A 1×1 (``dims`` = 2) or 1×1×1 (``dims`` = 3) convolution holding ``weight``.
+
+    The Conv3d form contracts the channels while sharing its weight over a "depth" axis (the
+    tensor-train stages use it for the modes not consumed yet).
+    """
+    settings: dict[str, Any] = {"groups": groups, "bias": bias is not None,
+                                "device": layer.weight.device, "dtype": layer.weight.dtype}
+    conv: nn.Conv2d | nn.Conv3d
+    if dims == 3:
+        conv = nn.Conv3d(in_channels, out_channels, 1, **settings)
+    else:
+        conv = nn.Conv2d(in_channels, out_channels, 1, **settings)
+    conv.weight.data.copy_(weight.reshape(conv.weight.shape))
+    if bias is not None and conv.bias is not None:
+        conv.bias.data.copy_(bias)
+    return conv

@@ -11,8 +11,9 @@ alone, not at the accuracy a rank keeps.
   (ICLR 2016) use it on the channel-mode unfoldings of a kernel to pick Tucker-2 ranks.
 * ``energy_rank``: the smallest rank keeping a fraction of ``Σσ²``.
 
-``suggest_rank`` applies either rule to the unfoldings a registered method truncates and clips
-the result to the method's valid ranks; ``fraction_rank`` turns a parameter fraction into a rank
+``suggest_rank`` applies either rule to the unfoldings a registered method truncates (its
+``Decomposition.unfoldings``) and lets the method assemble and clip the rank
+(``rank_from_unfoldings``); ``fraction_rank`` turns a parameter fraction into a rank
 through the method's own ``resolve_rank``.
 """
 
@@ -20,15 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lpsd_search.decompositions.alds import ALDS
-from lpsd_search.decompositions.base import Decomposition, LayerGeometry, Rank, get_method
-from lpsd_search.decompositions.tt import TensorTrain
+from lpsd_search.decompositions.base import LayerGeometry, Rank, get_method, prepare_weight
 from lpsd_search.errors import UserInputError
 
 __all__ = ["RULES", "EVBMFPosterior", "energy_rank", "evbmf", "fraction_rank", "suggest_rank"]
@@ -213,47 +212,6 @@ def energy_rank(values: torch.Tensor | np.ndarray, keep: float) -> int:
     return _energy_rank_of_squares(sigma * sigma, keep)
 
 
-def _tt_unfoldings(method: TensorTrain, kernel: torch.Tensor, geom: LayerGeometry,
-                   options: dict[str, Any]) -> list[torch.Tensor]:
-    """The unfolding of the train tensor at every bond (its rank bounds that bond's TT rank)."""
-    layout = method.layout(geom, options)
-    a, b = len(layout.in_modes), len(layout.out_modes)
-    # The mode order of TensorTrain.factorize: (g, o₁…o_b, i₁…i_a, s) → (g, i₁…i_a, s, o_b…o₁).
-    blocks = kernel.reshape(geom.groups, *layout.out_modes, *layout.in_modes, -1)
-    order = (0, *range(b + 1, a + b + 1), a + b + 1, *range(b, 0, -1))
-    train = blocks.permute(order).reshape(geom.groups, *layout.modes)
-    return [train.reshape(geom.groups, math.prod(layout.modes[:k]), -1)
-            for k in range(1, len(layout.modes))]
-
-
-def _unfoldings(method: Decomposition, kernel: torch.Tensor, geom: LayerGeometry,
-                options: dict[str, Any]) -> list[torch.Tensor]:
-    """Batches of the matrices whose ranks the method truncates, one batch per rank entry.
-
-    A method with an int rank and several batches (cp) takes the largest of their ranks.
-    """
-    g, area = geom.groups, geom.kernel_area
-    blocks = kernel.reshape(g, geom.out_per_group, geom.in_per_group, area)
-    by_out = blocks.reshape(g, geom.out_per_group, -1)
-    by_in = blocks.transpose(1, 2).reshape(g, geom.in_per_group, -1)
-    if method.name == "svd":
-        return [by_out]
-    if isinstance(method, ALDS):
-        k = method.splits(geom, options)  # the chunking of ALDS.factorize
-        chunks = by_out.reshape(g, geom.out_per_group, k, -1).transpose(1, 2)
-        return [chunks.reshape(g * k, geom.out_per_group, -1)]
-    if method.name in ("tucker2", "cp"):
-        # Tucker-2: (r_out, r_in) from the mode-0 and mode-1 unfoldings (Kim et al. 2016). CP:
-        # every unfolding of a rank-R CP tensor has rank ≤ R, so R must reach the larger of the
-        # two channel-mode ranks (and may need more; the spatial modes are too short to matter).
-        return [by_out, by_in]
-    if isinstance(method, TensorTrain):
-        return _tt_unfoldings(method, kernel, geom, options)
-    raise UserInputError(
-        f"no rank rule for method {method.name!r}; valid: svd, alds, tucker2, cp, tt"
-    )
-
-
 def _rule_rank(matrices: torch.Tensor, rule: str, keep: float) -> int:
     """The rule's rank for a batch of matrices that share one rank (groups, ALDS chunks)."""
     spectra = _spectra(matrices)
@@ -263,16 +221,6 @@ def _rule_rank(matrices: torch.Tensor, rule: str, keep: float) -> int:
     # VBMF per matrix; the largest keeps every group's detected signal.
     rows, cols = matrices.shape[1:]
     return max(_evbmf_of_spectrum(values, rows, cols)[0] for values in spectra)
-
-
-def _tt_feasible(ranks: list[int], modes: tuple[int, ...]) -> list[int]:
-    """Trim bond ranks that their neighbours cannot feed (``r_k ≤ r_{k−1}·n_k ≤ …``)."""
-    bonds = [1, *ranks, 1]
-    for k in range(1, len(bonds) - 1):
-        bonds[k] = min(bonds[k], bonds[k - 1] * modes[k - 1])
-    for k in range(len(bonds) - 2, 0, -1):
-        bonds[k] = min(bonds[k], bonds[k + 1] * modes[k])
-    return bonds[1:-1]
 
 
 def suggest_rank(layer: nn.Module, method: str, rule: str = "vbmf", keep: float = 0.9,
@@ -306,17 +254,9 @@ def suggest_rank(layer: nn.Module, method: str, rule: str = "vbmf", keep: float 
     decomposition.check_options(options)
     structural = {k: v for k, v in options.items() if k in decomposition.structural_options}
     geom = LayerGeometry.of(layer)  # the one-line error for anything but Conv2d / Linear
-    weight = cast(torch.Tensor, layer.weight).detach()
-    kernel = weight.reshape(geom.out_channels, geom.in_per_group, *geom.kernel_size)
-    ranks = [_rule_rank(batch, rule, keep)
-             for batch in _unfoldings(decomposition, kernel, geom, structural)]
-    top = decomposition.max_rank(geom, **structural)
-    if isinstance(top, int):
-        return decomposition.check_rank(geom, min(max(max(ranks), 1), top), **structural)
-    clipped = [min(max(r, 1), t) for r, t in zip(ranks, top, strict=True)]
-    if isinstance(decomposition, TensorTrain):
-        clipped = _tt_feasible(clipped, decomposition.layout(geom, structural).modes)
-    return decomposition.check_rank(geom, tuple(clipped), **structural)
+    batches = decomposition.unfoldings(prepare_weight(layer), geom, **structural)
+    ranks = [_rule_rank(batch, rule, keep) for batch in batches]
+    return decomposition.rank_from_unfoldings(ranks, geom, **structural)
 
 
 def fraction_rank(layer: nn.Module, method: str, fraction: float, **options: Any) -> Rank:

@@ -153,6 +153,19 @@ def truncated_svd(matrices: torch.Tensor, rank: int) -> tuple[torch.Tensor, torc
     return left / root[:, None, :], right * root[:, :, None]
 
 
+def channel_unfoldings(weight: torch.Tensor,
+                       geom: LayerGeometry) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-group mode-0 and mode-1 unfoldings of a kernel ``O × I/g × kh × kw``.
+
+    Returns:
+        ``(g × O/g × (I/g·kh·kw), g × I/g × (O/g·kh·kw))``.
+    """
+    blocks = weight.reshape(geom.groups, geom.out_per_group, geom.in_per_group,
+                            geom.kernel_area)
+    return (blocks.reshape(geom.groups, geom.out_per_group, -1),
+            blocks.transpose(1, 2).reshape(geom.groups, geom.in_per_group, -1))
+
+
 @DECOMPOSITIONS.register("svd")
 class SVD(Decomposition):
     """Truncated SVD: params ``r·(I·kh·kw + O)`` + bias (``r`` per group for grouped convs)."""
@@ -187,6 +200,11 @@ class SVD(Decomposition):
                       **options: Any) -> list[tuple[int, ...]]:
         r, g = as_int_rank(rank), geom.groups
         return [(g, geom.out_per_group, r), (g, r, geom.in_per_group * geom.kernel_area)]
+
+    def unfoldings(self, weight: torch.Tensor, geom: LayerGeometry,
+                   **options: Any) -> list[torch.Tensor]:
+        # The per-group matricisation that factorize truncates.
+        return [channel_unfoldings(weight, geom)[0]]
 
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:

@@ -17,14 +17,13 @@ modules as a chain of small contractions on ``x`` of shape ``N × I × H × W``:
 A convolution shares its bias over everything its weight is shared over, so the last ``Conv3d``
 could only carry a bias per ``o₁``; when ``b ≥ 2`` the bias lives on a final depthwise 1×1
 ``Conv2d`` (weights one, ``2·O`` parameters), which keeps it exact at every rank. Linear layers
-run the same chain on ``N × I × 1 × 1`` (inputs must be ``N × I``).
+run the same chain on ``N × I × 1 × 1`` (inputs must be ``N × I``). The layout, the size
+formulas and the bond-rank trimming live in ``tt_layout``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,126 +37,18 @@ from lpsd_search.decompositions.base import (
     LayerGeometry,
     Rank,
 )
-from lpsd_search.decompositions.modules import conv_stage, layer_bias
+from lpsd_search.decompositions.modules import conv_stage, layer_bias, unit_conv
 from lpsd_search.decompositions.svd import leading_subspace
+from lpsd_search.decompositions.tt_layout import (
+    TTLayout,
+    balanced_modes,
+    feasible_ranks,
+    layout_of,
+    stage_costs,
+)
 from lpsd_search.errors import UserInputError
 
-__all__ = ["TTLayout", "TensorTrain", "balanced_modes", "tt_svd"]
-
-
-def _factorisations(n: int, count: int, low: int) -> Iterator[tuple[int, ...]]:
-    """Every non-decreasing tuple of ``count`` factors ``≥ low`` whose product is ``n``."""
-    if count == 1:
-        if n >= low:
-            yield (n,)
-        return
-    factor = low
-    while factor**count <= n:
-        if n % factor == 0:
-            for rest in _factorisations(n // factor, count - 1, factor):
-                yield (factor, *rest)
-        factor += 1
-
-
-def balanced_modes(n: int, d: int) -> tuple[int, ...]:
-    """``n`` as ``d`` factors as equal as possible, largest first (fewer if n has fewer primes).
-
-    Example:
-        >>> balanced_modes(256, 2), balanced_modes(96, 3), balanced_modes(13, 2)
-        ((16, 16), (6, 4, 4), (13,))
-    """
-    if n == 1:
-        return (1,)
-    primes, rest, p = 0, n, 2
-    while p * p <= rest:
-        while rest % p == 0:
-            rest, primes = rest // p, primes + 1
-        p += 1
-    primes += rest > 1
-    best = min(_factorisations(n, min(d, primes), 2), key=lambda f: (f[-1], f[::-1]))
-    return best[::-1]
-
-
-@dataclass(frozen=True)
-class TTLayout:
-    """How one layer's kernel is laid out as a train.
-
-    Attributes:
-        in_modes: ``(i₁, …, i_a)``, product ``I/g``.
-        out_modes: ``(o₁, …, o_b)``, product ``O/g``.
-        area: ``kh·kw``; the spatial mode exists only when it exceeds 1.
-    """
-
-    in_modes: tuple[int, ...]
-    out_modes: tuple[int, ...]
-    area: int
-
-    @property
-    def modes(self) -> tuple[int, ...]:
-        """The train's modes in order: ``(i₁, …, i_a, s, o_b, …, o₁)``."""
-        spatial = (self.area,) if self.area > 1 else ()
-        return (*self.in_modes, *spatial, *self.out_modes[::-1])
-
-    @property
-    def max_ranks(self) -> tuple[int, ...]:
-        """Per bond, ``min(∏ modes left of it, ∏ modes right of it)``: the exact TT ranks."""
-        modes = self.modes
-        return tuple(min(math.prod(modes[:k]), math.prod(modes[k:]))
-                     for k in range(1, len(modes)))
-
-
-def _checked_modes(options: dict[str, Any], key: str, channels: int, side: str) -> tuple[int, ...]:
-    depth = options.get("d", 2)
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise UserInputError(f"tt d={depth!r} is invalid; valid: a positive int (default 2)")
-    given = options.get(key)
-    if given is None:
-        return balanced_modes(channels, depth)
-    if (isinstance(given, (tuple, list)) and len(given) > 0
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in given)
-            and math.prod(given) == channels):
-        return tuple(given)
-    raise UserInputError(
-        f"tt {key}={given!r} is invalid for {channels} {side} channels per group; valid: a "
-        f"tuple of positive ints whose product is {channels}, e.g. {balanced_modes(channels, 2)}"
-    )
-
-
-def layout_of(geom: LayerGeometry, options: dict[str, Any]) -> TTLayout:
-    """The validated layout of ``geom`` under the structural ``options``."""
-    return TTLayout(_checked_modes(options, "in_modes", geom.in_per_group, "input"),
-                    _checked_modes(options, "out_modes", geom.out_per_group, "output"),
-                    geom.kernel_area)
-
-
-def stage_costs(geom: LayerGeometry, layout: TTLayout,
-                ranks: tuple[int, ...]) -> list[tuple[int, int]]:
-    """``(params, multiply-accumulates per sample)`` of every stage ``build`` makes, in order.
-
-    A core's stage runs its ``g·r_{k-1}·n_k·r_k`` weights once per position and per index of
-    its depth (the input modes not consumed yet, or the output modes already emitted). Input
-    stages run at the input resolution, except the one that carries the stride when there is
-    no spatial core.
-    """
-    g, a, modes = geom.groups, len(layout.in_modes), layout.modes
-    first_out = a + (1 if layout.area > 1 else 0)
-    bonds = (1, *ranks, 1)
-    costs = []
-    for k, mode in enumerate(modes):
-        core = g * bonds[k] * mode * bonds[k + 1]
-        if k < a:
-            depth = math.prod(layout.in_modes[k + 1:])
-            carries_stride = k == a - 1 and first_out == a
-            positions = geom.out_positions if carries_stride else geom.in_positions
-        else:
-            depth, positions = math.prod(modes[first_out:k]), geom.out_positions
-        costs.append((core, positions * depth * core))
-    if geom.bias:
-        if len(layout.out_modes) > 1:  # the depthwise 1×1 bias stage: O weights and O biases
-            costs.append((2 * geom.out_channels, geom.out_positions * geom.out_channels))
-        else:
-            costs.append((geom.out_channels, 0))
-    return costs
+__all__ = ["TTLayout", "TensorTrain", "balanced_modes", "feasible_ranks", "tt_svd"]
 
 
 def _left_orthonormal(matrices: torch.Tensor, rank: int) -> torch.Tensor:
@@ -203,23 +94,6 @@ def tt_svd(tensor: torch.Tensor, ranks: tuple[int, ...]) -> list[torch.Tensor]:
         left_rank = rank
     cores.append(rest.reshape(g, left_rank, modes[-1], 1))
     return cores
-
-
-def _pointwise(layer: Compressible, dims: int, in_channels: int, out_channels: int,
-               groups: int, weight: torch.Tensor,
-               bias: torch.Tensor | None = None) -> nn.Conv2d | nn.Conv3d:
-    """A 1×1 (``dims`` = 2) or 1×1×1 (``dims`` = 3) convolution holding ``weight``."""
-    settings: dict[str, Any] = {"groups": groups, "bias": bias is not None,
-                                "device": layer.weight.device, "dtype": layer.weight.dtype}
-    conv: nn.Conv2d | nn.Conv3d
-    if dims == 3:
-        conv = nn.Conv3d(in_channels, out_channels, 1, **settings)
-    else:
-        conv = nn.Conv2d(in_channels, out_channels, 1, **settings)
-    conv.weight.data.copy_(weight.reshape(conv.weight.shape))
-    if bias is not None and conv.bias is not None:
-        conv.bias.data.copy_(bias)
-    return conv
 
 
 @DECOMPOSITIONS.register("tt")
@@ -297,14 +171,23 @@ class TensorTrain(Decomposition):
     def factorize(self, weight: torch.Tensor, geom: LayerGeometry, rank: Rank,
                   **options: Any) -> Factors:
         self.check_options(options)
+        train = self.layout(geom, options).train_of(weight, geom.groups)
+        return tuple(tt_svd(train, self.check_rank(geom, rank, **options)))
+
+    def unfoldings(self, weight: torch.Tensor, geom: LayerGeometry,
+                   **options: Any) -> list[torch.Tensor]:
+        # The train's unfolding at every bond: its rank bounds that bond's TT rank.
         layout = self.layout(geom, options)
-        ranks = self.check_rank(geom, rank, **options)
-        a, b = len(layout.in_modes), len(layout.out_modes)
-        blocks = weight.reshape(geom.groups, *layout.out_modes, *layout.in_modes, -1)
-        # (g, o₁…o_b, i₁…i_a, s) → (g, i₁…i_a, s, o_b…o₁); s is dropped below when it is 1.
-        order = (0, *range(b + 1, a + b + 1), a + b + 1, *range(b, 0, -1))
-        train = blocks.permute(order).reshape(geom.groups, *layout.modes)
-        return tuple(tt_svd(train, ranks))
+        train = layout.train_of(weight, geom.groups)
+        return [train.reshape(geom.groups, math.prod(layout.modes[:k]), -1)
+                for k in range(1, len(layout.modes))]
+
+    def rank_from_unfoldings(self, ranks: list[int], geom: LayerGeometry,
+                             **options: Any) -> tuple[int, ...]:
+        clipped = self.check_rank(geom, super().rank_from_unfoldings(ranks, geom, **options),
+                                  **options)
+        # Trimming only lowers bonds, never below 1: the result stays a valid rank.
+        return tuple(feasible_ranks(list(clipped), self.layout(geom, options).modes))
 
     def factor_shapes(self, geom: LayerGeometry, rank: Rank,
                       **options: Any) -> list[tuple[int, ...]]:
@@ -314,18 +197,11 @@ class TensorTrain(Decomposition):
 
     def reconstruct(self, factors: Factors, geom: LayerGeometry, rank: Rank,
                     **options: Any) -> torch.Tensor:
-        layout = self.layout(geom, options)
-        a, b = len(layout.in_modes), len(layout.out_modes)
         g = geom.groups
         train = factors[0].reshape(g, -1, factors[0].shape[-1])
         for core in factors[1:]:
             train = torch.einsum("gmr,grns->gmns", train, core).reshape(g, -1, core.shape[-1])
-        # Invert factorize's permutation (g, o₁…o_b, i₁…i_a, s) → (g, i₁…i_a, s, o_b…o₁).
-        train = train.reshape(g, *layout.in_modes, geom.kernel_area, *layout.out_modes[::-1])
-        order = (0, *range(b + 1, a + b + 1), a + b + 1, *range(b, 0, -1))
-        inverse = sorted(range(len(order)), key=order.__getitem__)
-        blocks = train.permute(inverse)
-        return blocks.reshape(geom.out_channels, geom.in_per_group, *geom.kernel_size)
+        return self.layout(geom, options).kernel_of(train, geom)
 
     def build(self, layer: Compressible, factors: Factors, rank: Rank,
               **options: Any) -> nn.Module:
@@ -343,7 +219,7 @@ class TensorTrain(Decomposition):
             depth = math.prod(layout.in_modes[k + 1:])
             if k < a - 1:
                 stages += [nn.Unflatten(1, (g * left * mode, depth)),
-                           _pointwise(layer, 3, g * left * mode, g * right, g, weight),
+                           unit_conv(layer, 3, g * left * mode, g * right, g, weight),
                            nn.Flatten(1, 2)]
             elif layout.area == 1 and isinstance(layer, nn.Conv2d):
                 # No spatial core: this 1×1 stage carries the stride and padding (it has no
@@ -351,7 +227,7 @@ class TensorTrain(Decomposition):
                 stages.append(conv_stage(layer, g * left * mode, g * right, g,
                                          weight.reshape(g * right, left * mode, 1, 1)))
             else:
-                stages.append(_pointwise(layer, 2, g * left * mode, g * right, g, weight))
+                stages.append(unit_conv(layer, 2, g * left * mode, g * right, g, weight))
         first_out = a
         if layout.area > 1:
             assert isinstance(layer, nn.Conv2d)  # Linear layers have a 1×1 "kernel"
@@ -369,16 +245,16 @@ class TensorTrain(Decomposition):
             weight = core.permute(0, 3, 2, 1)  # (g, r_k, o) ← r_{k-1}
             last_bias = bias if b == 1 else None
             if k == first_out:
-                stages.append(_pointwise(layer, 2, g * left, g * right * mode, g, weight,
+                stages.append(unit_conv(layer, 2, g * left, g * right * mode, g, weight,
                                          last_bias))
             else:
                 stages += [nn.Unflatten(1, (g * left, produced)),
-                           _pointwise(layer, 3, g * left, g * right * mode, g, weight),
+                           unit_conv(layer, 3, g * left, g * right * mode, g, weight),
                            nn.Flatten(1, 2)]
             produced *= mode
         if b > 1 and bias is not None:
             ones = torch.ones(geom.out_channels)
-            stages.append(_pointwise(layer, 2, geom.out_channels, geom.out_channels,
+            stages.append(unit_conv(layer, 2, geom.out_channels, geom.out_channels,
                                      geom.out_channels, ones, bias))
         if isinstance(layer, nn.Linear):
             stages.append(nn.Flatten())

@@ -34,6 +34,7 @@ from lpsd_search.decompositions.base import (
 )
 from lpsd_search.decompositions.modules import layer_bias, pointwise_stage, spatial_stage
 from lpsd_search.decompositions.svd import (
+    channel_unfoldings,
     filter_subspace,
     leading_eigenvectors,
     leading_subspace,
@@ -197,6 +198,11 @@ class Tucker2(Decomposition):
         blocks = weight.reshape(g, geom.out_per_group, geom.in_per_group, geom.kernel_area)
         u_out, core, u_in, _ = tucker2_fit(blocks, out_rank, in_rank, iters, tol)
         return u_out, core, u_in
+
+    def unfoldings(self, weight: torch.Tensor, geom: LayerGeometry,
+                   **options: Any) -> list[torch.Tensor]:
+        # (r_out, r_in) bound the ranks of the mode-0 and mode-1 unfoldings (Kim et al. 2016).
+        return list(channel_unfoldings(weight, geom))
 
     def factor_shapes(self, geom: LayerGeometry, rank: Rank,
                       **options: Any) -> list[tuple[int, ...]]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lpsd_search.decompositions import Compressible, LayerGeometry, RankSpec
-from lpsd_search.decompositions.base import get_method
+from lpsd_search.decompositions.base import cached, get_method, prepare_weight
 from lpsd_search.errors import UserInputError
 from lpsd_search.lpsd.sparse import AddBranches, kept_entries, sparse_stage, top_entries_mask
 
@@ -116,42 +116,29 @@ def decompose_low_rank_plus_sparse(layer: Compressible, method: str, rank: RankS
     """
     geom = LayerGeometry.of(layer)
     kept = kept_entries(geom, sparsity)
-    weight = layer.weight.detach()
-    if geom.kind == "linear":
-        weight = weight[:, :, None, None]
-    if weight.dtype in (torch.float16, torch.bfloat16):
-        weight = weight.float()
     if method == "none":
+        weight = prepare_weight(layer)
         mask = top_entries_mask(weight, kept)
         return sparse_stage(layer, weight.reshape(layer.weight.shape),
                             mask.reshape(layer.weight.shape), bias=layer.bias)
     decomposition = get_method(method)
-    decomposition.check_options(options)
-    structural = {k: v for k, v in options.items() if k in decomposition.structural_options}
-    if not decomposition.supports(geom, **structural):
-        raise UserInputError(
-            f"{method} cannot compress a layer of shape {tuple(layer.weight.shape)} "
-            f"(groups={geom.groups}); valid: method 'none' with a sparsity"
-        )
-    concrete = decomposition.resolve_rank(geom, rank, **structural)
+    geom, concrete, structural, weight = decomposition.prepare(
+        layer, rank, options, remedy="method 'none' with a sparsity")
     settings = {**options, "lpsd_kept": kept, "lpsd_alternating": alternating,
                 "lpsd_rounds": rounds, "lpsd_tol": tol}
+
+    def fit() -> tuple[torch.Tensor, ...]:
+        result = fit_low_rank_plus_sparse(weight, geom, method, concrete, kept,
+                                          alternating=alternating, rounds=rounds, tol=tol,
+                                          **options)
+        logger.debug("lpsd %s rank %s kept %d: errors %s", method, concrete, kept,
+                     result.errors)
+        return (*result.factors, result.mask, result.residual)
+
     with torch.no_grad():
-        stored = None
-        key = None
-        if cache is not None:
-            key = cache.key(weight, f"lpsd:{method}", concrete, settings)
-            stored = cache.get(key, weight.device)
-        if stored is None:
-            fit = fit_low_rank_plus_sparse(weight, geom, method, concrete, kept,
-                                           alternating=alternating, rounds=rounds, tol=tol,
-                                           **options)
-            logger.debug("lpsd %s rank %s kept %d: errors %s", method, concrete, kept,
-                         fit.errors)
-            stored = (*fit.factors, fit.mask, fit.residual)
-            if cache is not None and key is not None:
-                cache.put(key, stored)
-        *factors, mask, residual = stored
+        # The whole fit is one cache entry: the factors of L, then the mask and values of S.
+        *factors, mask, residual = cached(cache, weight, f"lpsd:{method}", concrete, settings,
+                                          fit)
         low_rank = decomposition.build(layer, tuple(factors), concrete, **structural)
         sparse = sparse_stage(layer, residual.reshape(layer.weight.shape),
                               mask.reshape(layer.weight.shape))
@@ -188,9 +175,6 @@ def decompose_layer(layer: nn.Module, method: str, rank: RankSpec, *,
     if not isinstance(layer, (nn.Conv2d, nn.Linear)):
         LayerGeometry.of(layer)  # raises the one-line error naming the valid layer types
     if sparsity or method == "none":
-        # Imported here: the LPSD layer is built on top of this package's methods.
-        from lpsd_search.lpsd.layer import decompose_low_rank_plus_sparse
-
         return decompose_low_rank_plus_sparse(
             layer, method, rank, sparsity,  # type: ignore[arg-type]
             alternating=alternating, cache=cache, **options)

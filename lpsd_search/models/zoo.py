@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torchvision
 from torch import nn
 
 from lpsd_search.errors import UserInputError
@@ -129,6 +128,8 @@ def parse_model_options(name: str, text: str) -> dict[str, Any]:
 
 
 def _torchvision_model(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision  # imported here: a second of import time only ``torchvision:NAME`` needs
+
     names = torchvision.models.list_models()
     if name not in names:
         suggestions = difflib.get_close_matches(name, names, n=5) or sorted(names)[:6]

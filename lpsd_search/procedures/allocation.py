@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from lpsd_search.decompositions import LayerGeometry, Rank
-from lpsd_search.decompositions.base import get_method
+from lpsd_search.decompositions import Compressible, Rank
+from lpsd_search.decompositions.base import get_method, prepare_weight
 from lpsd_search.errors import UserInputError
 
 DEFAULT_FRACTIONS = tuple(float(f) for f in np.geomspace(0.005, 1.0, 16))
@@ -35,32 +36,29 @@ class Candidate:
 
 
 def layer_weight(layer: nn.Module) -> torch.Tensor:
-    """The layer's weight as ``O × I/g × kh × kw`` in float32 or better."""
-    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
-        raise UserInputError(
-            f"cannot decompose a {type(layer).__name__}; valid layers: Conv2d, Linear"
-        )
-    weight = layer.weight.detach()
-    if weight.dim() == 2:
-        weight = weight[:, :, None, None]
-    return weight.float() if weight.dtype in (torch.float16, torch.bfloat16) else weight
+    """The layer's weight as ``O × I/g × kh × kw`` in float32 or better (``prepare_weight``)."""
+    return prepare_weight(layer)
 
 
 def ladder(layer: nn.Module, method: str,
            fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[Candidate]:
-    """Candidate ranks of ``layer`` for ``method``, cheapest first, with measured errors."""
+    """Candidate ranks of ``layer`` for ``method``, cheapest first, with measured errors.
+
+    Raises:
+        UserInputError: a layer the method cannot make smaller, or a fraction out of (0, 1].
+    """
     decomposition = get_method(method)
-    geom = LayerGeometry.of(layer)
-    weight = layer_weight(layer)
-    norm = float(weight.norm()) or 1.0
+    dense = cast(Compressible, layer)  # prepare rejects any other layer in one line
     seen: dict[Rank, Candidate] = {}
     with torch.no_grad():
         for fraction in fractions:
-            rank = decomposition.resolve_rank(geom, fraction)
+            # The decomposition's own preparation: the weight and rank decompose would use.
+            geom, rank, _, weight = decomposition.prepare(dense, fraction, {})
             if rank in seen:
                 continue
             factors = decomposition.factorize(weight, geom, rank)
-            error = float((weight - decomposition.reconstruct(factors, geom, rank)).norm()) / norm
+            residual = weight - decomposition.reconstruct(factors, geom, rank)
+            error = float(residual.norm()) / (float(weight.norm()) or 1.0)
             seen[rank] = Candidate(rank, decomposition.params(geom, rank), error)
     return sorted(seen.values(), key=lambda c: c.params)
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from lpsd_search.config import CompressConfig
 from lpsd_search.decompositions import LayerGeometry
-from lpsd_search.decompositions.base import get_method
+from lpsd_search.decompositions.base import get_method, prepare_weight
 from lpsd_search.errors import UserInputError
 from lpsd_search.lpsd.layer import fit_low_rank_plus_sparse
 from lpsd_search.plan.apply import apply_plan
@@ -39,7 +39,7 @@ from lpsd_search.plan.budget import Budget, Pricer
 from lpsd_search.plan.choices import LayerChoice, Plan
 from lpsd_search.plan.layers import find_layers
 from lpsd_search.plan.measure import measure
-from lpsd_search.procedures.allocation import balanced_ranks, ladder, layer_weight
+from lpsd_search.procedures.allocation import balanced_ranks, ladder
 
 if TYPE_CHECKING:
     from lpsd_search.decompositions.cache import FactorCache
@@ -134,7 +134,7 @@ def compress_model(model: nn.Module, example: torch.Tensor, budget: Budget,
     method = get_method(config.low_rank)
     pricer = Pricer(find_layers(model, example), measure(model, example))
     modules = dict(model.named_modules())
-    layers = {name: _Layer(modules[name], target.geometry, layer_weight(modules[name]),
+    layers = {name: _Layer(modules[name], target.geometry, prepare_weight(modules[name]),
                            LayerChoice())
               for name, target in pricer.targets.items() if method.supports(target.geometry)}
     if not layers:

@@ -15,88 +15,178 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
 
 from lpsd_search.plan.choices import Plan
-from lpsd_search.report.pareto import non_dominated
+from lpsd_search.report.pareto import as_losses, pareto_mask
+from lpsd_search.report.record import (
+    DEFAULT_OBJECTIVES,
+    EXTRA,
+    FINETUNED,
+    MEASURES,
+    SAMPLED,
+    fail_reason,
+    promoted_measures,
+    study_baseline,
+    study_budget,
+    study_budgets,
+    study_config,
+    study_layers,
+    study_objectives,
+    trial_measures,
+    trial_node,
+    trial_plan,
+    trial_seconds,
+    trial_source,
+    trial_stage,
+)
 
-MEASURES = ("params", "bytes", "flops", "accuracy", "test_accuracy")
-EXTRA = ("loss", "latency_ms")
-DEFAULT_OBJECTIVES = [{"name": "accuracy", "key": "accuracy", "direction": "maximize"},
-                      {"name": "params", "key": "params", "direction": "minimize"}]
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "EXTRA",
+    "MEASURES",
+    "Fidelity",
+    "TrialRow",
+    "front",
+    "front_numbers",
+    "pareto_document",
+    "study_budgets",
+    "study_objectives",
+    "trial_rows",
+    "write_results",
+]
+
+Fidelity = Literal["short", "promoted"]
+"""Which measurements a front is computed on: every trial's own (its short fine-tune), or the
+promoted ones where a trial has them."""
+
+SHORT_REPORTED = ("accuracy", "test_accuracy")
+"""What ``pareto.json`` keeps of a promoted point's short fine-tune."""
 
 
 @dataclass(frozen=True)
 class TrialRow:
-    """One trial as the reports show it (promoted measurements where there are any)."""
+    """One trial as the reports show it.
+
+    Attributes:
+        trial: its number.
+        state: its Optuna state's name.
+        measured: its own measurements (the search's short fine-tune).
+        plan: the plan it built.
+        reason: why it failed (empty otherwise).
+        seconds: its wall time.
+        source: ``sampled`` or a warm start's label.
+        stage: ``global``, ``local``, ``flat`` or ``warm``.
+        node: the machine that ran it.
+        promoted: the measurements of its longer fine-tune, when it was promoted.
+    """
 
     trial: int
     state: str
-    measures: dict[str, float]
+    measured: dict[str, float]
     plan: dict[str, Any]
     reason: str
     seconds: float
-    source: str = "sampled"
+    source: str = SAMPLED
     stage: str = ""
     node: str = ""
-    short: dict[str, float] | None = None
+    promoted: dict[str, float] | None = None
 
-    def feasible(self, budgets: int | Sequence[dict[str, Any]]) -> bool:
+    @property
+    def measures(self) -> dict[str, float]:
+        """The reported measurements: promoted ones where there are any."""
+        return self.at("promoted")
+
+    @property
+    def short(self) -> dict[str, float] | None:
+        """The short fine-tune's accuracies of a promoted trial (None when not promoted)."""
+        if self.promoted is None:
+            return None
+        return {k: float(self.measured[k]) for k in SHORT_REPORTED if k in self.measured}
+
+    def at(self, fidelity: Fidelity) -> dict[str, float]:
+        """The measurements at ``fidelity``."""
+        if fidelity == "short" or self.promoted is None:
+            return self.measured
+        return {**self.measured, **self.promoted}
+
+    def feasible(self, budgets: int | Sequence[dict[str, Any]],
+                 fidelity: Fidelity = "promoted") -> bool:
         """Completed and within every budget (an int is a parameter limit)."""
         if self.state != "COMPLETE":
             return False
         if isinstance(budgets, int):
             budgets = [{"metric": "params", "limit": budgets}]
-        return all(self.measures.get(b["metric"], float("inf")) <= b["limit"] for b in budgets)
-
-
-def study_budgets(study: optuna.Study) -> list[dict[str, Any]]:
-    return list(study.user_attrs.get("budgets") or [study.user_attrs["budget"]])
-
-
-def study_objectives(study: optuna.Study) -> list[dict[str, Any]]:
-    objectives = study.user_attrs.get("objectives")
-    return list(objectives["objectives"]) if objectives else DEFAULT_OBJECTIVES
+        measures = self.at(fidelity)
+        return all(measures.get(b["metric"], float("inf")) <= b["limit"] for b in budgets)
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
     """Every trial of ``study`` in number order."""
-    promoted = {k.partition(":")[2]: v for k, v in study.user_attrs.items()
-                if k.startswith("promoted:")}
+    promoted = promoted_measures(study)
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
-        measures = {k: attrs[k] for k in (*MEASURES, *EXTRA) if k in attrs}
-        short: dict[str, float] | None = None
-        if str(trial.number) in promoted and trial.state.name == "COMPLETE":
-            short = {k: float(measures[k]) for k in ("accuracy", "test_accuracy")
-                     if k in measures}
-            measures = {**measures, **{k: v for k, v in promoted[str(trial.number)].items()
-                                       if k in (*MEASURES, *EXTRA)}}
+        complete = trial.state.name == "COMPLETE"
+        longer = promoted.get(trial.number) if complete else None
         rows.append(TrialRow(
-            trial=trial.number, state=trial.state.name, measures=measures,
-            plan=attrs.get("plan", {}), reason=str(attrs.get("fail_reason", "")),
-            seconds=float(attrs.get("seconds", 0.0)), source=str(attrs.get("source", "sampled")),
-            stage=str(attrs.get("stage", "")), node=str(attrs.get("node", "")), short=short,
+            trial=trial.number, state=trial.state.name, measured=trial_measures(trial),
+            plan=trial_plan(trial), reason=fail_reason(trial), seconds=trial_seconds(trial),
+            source=trial_source(trial), stage=trial_stage(trial), node=trial_node(trial),
+            promoted=None if longer is None else {k: v for k, v in longer.items()
+                                                  if k in (*MEASURES, *EXTRA)},
         ))
     return rows
 
 
+def _boost(objectives: Sequence[dict[str, Any]], margin: float) -> np.ndarray:
+    """Per objective, how much a row's loss drops when it is given ``margin``.
+
+    The margin is in the units of the measurements a longer fine-tune changes (validation
+    accuracy, validation loss: ``record.FINETUNED``), and it improves each of them in its own
+    direction: a maximised accuracy gets ``+margin``, a minimised loss ``-margin``, both a loss
+    ``margin`` lower. Size, FLOPs and latency are fixed by the plan and get nothing.
+    """
+    return np.array([margin if o["key"] in FINETUNED else 0.0 for o in objectives])
+
+
 def front(rows: Sequence[TrialRow], budgets: int | Sequence[dict[str, Any]],
-          objectives: Sequence[dict[str, Any]] | None = None) -> list[TrialRow]:
-    """Non-dominated feasible trials over ``objectives``, smallest model first."""
+          objectives: Sequence[dict[str, Any]] | None = None, *,
+          fidelity: Fidelity = "promoted", margin: float = 0.0,
+          distinct: bool = True) -> list[TrialRow]:
+    """Non-dominated feasible trials over ``objectives``, smallest model first.
+
+    The one Pareto front of the package: reports use it on promoted measurements, the controller
+    (which base trials to refine) and the promotion (which trials to fine-tune longer) on the
+    trials' own short fine-tune.
+
+    Args:
+        rows: the study's trials (``trial_rows``).
+        budgets: the study's budgets; a trial is feasible when it completed within all of them.
+        objectives: the study's objectives (default: accuracy and parameters).
+        fidelity: ``promoted`` or ``short`` measurements (see ``Fidelity``).
+        margin: a trial is kept when it would be non-dominated with this much more
+            fine-tune-dependent quality (see ``_boost``); 0 is the plain front.
+        distinct: keep only the first of trials with identical objective values (False: all,
+            as Optuna's ``best_trials``).
+
+    Returns:
+        The front's rows, by parameters (ties in trial order).
+    """
     objectives = objectives or DEFAULT_OBJECTIVES
     keys = [o["key"] for o in objectives]
-    feasible = [row for row in rows
-                if row.feasible(budgets) and all(k in row.measures for k in keys)]
-    if not feasible:
-        return []
-    values = np.array([[r.measures[k] for k in keys] for r in feasible], dtype=float)
-    mask = non_dominated(values, [o["direction"] == "maximize" for o in objectives])
-    points = [row for row, keep in zip(feasible, mask, strict=True) if keep]
+    values = np.full((len(rows), len(keys)), np.nan)
+    feasible = np.zeros(len(rows), dtype=bool)
+    for index, row in enumerate(rows):
+        measures = row.at(fidelity)
+        if row.feasible(budgets, fidelity) and all(k in measures for k in keys):
+            values[index] = [measures[k] for k in keys]
+            feasible[index] = not np.isnan(values[index]).any()
+    losses = as_losses(values, [o["direction"] == "maximize" for o in objectives])
+    mask = pareto_mask(losses, feasible, boost=_boost(objectives, margin), distinct=distinct)
+    points = [row for row, keep in zip(rows, mask, strict=True) if keep]
     return sorted(points, key=lambda r: r.measures["params"])
 
 
@@ -115,7 +205,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def pareto_document(study: optuna.Study) -> dict[str, Any]:
     """The ``pareto.json`` contract: baseline, budget(s), objectives and the front."""
-    baseline = study.user_attrs["baseline"]
+    baseline = study_baseline(study)
     budgets = study_budgets(study)
     objectives = study_objectives(study)
     points = []
@@ -132,12 +222,12 @@ def pareto_document(study: optuna.Study) -> dict[str, Any]:
         points.append(point)
     return {
         "study": study.study_name,
-        "config": study.user_attrs.get("config", {}),
+        "config": study_config(study) or {},
         "baseline": {k: baseline[k] for k in (*MEASURES, *EXTRA) if k in baseline},
-        "budget": study.user_attrs["budget"],
+        "budget": study_budget(study),
         "budgets": budgets,
         "objectives": objectives,
-        "layers": study.user_attrs.get("layers", {}),
+        "layers": study_layers(study),
         "points": points,
     }
 

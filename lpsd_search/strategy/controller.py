@@ -21,6 +21,15 @@ import optuna
 from optuna.trial import TrialState
 
 from lpsd_search.config import SearchConfig
+from lpsd_search.report.record import (
+    FLAT,
+    GLOBAL,
+    LOCAL,
+    has_worker,
+    trial_stage,
+    trial_worker,
+)
+from lpsd_search.report.results import front, study_budgets, study_objectives, trial_rows
 
 if TYPE_CHECKING:
     from lpsd_search.strategy.runner import TrialRunner
@@ -38,7 +47,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
     host = socket.gethostname()
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(trial.user_attrs.get("worker", ""))
+        worker = trial_worker(trial)
         name, _, pid = worker.rpartition(":")
         started = trial.datetime_start or now
         orphan = not worker and (now - started).total_seconds() > ORPHAN_SECONDS
@@ -71,7 +80,7 @@ def claimed_count(study: optuna.Study) -> int:
     instant after its ask, which ``is_surplus`` catches.
     """
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    return sum(1 for t in trials if t.state == TrialState.COMPLETE or "worker" in t.user_attrs)
+    return sum(1 for t in trials if t.state == TrialState.COMPLETE or has_worker(t))
 
 
 def is_surplus(study: optuna.Study, number: int, trials: int) -> bool:
@@ -79,44 +88,50 @@ def is_surplus(study: optuna.Study, number: int, trials: int) -> bool:
     earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                    TrialState.RUNNING))
                if t.number < number
-               and (t.state == TrialState.COMPLETE or "worker" in t.user_attrs)]
+               and (t.state == TrialState.COMPLETE or has_worker(t))]
     return len(earlier) >= trials
 
 
-def _bases(study: optuna.Study, runner: TrialRunner,
-           margin: float) -> list[optuna.trial.FrozenTrial]:
+def _bases(study: optuna.Study, margin: float) -> list[optuna.trial.FrozenTrial]:
     """Front trials worth refining: within ``margin`` of the front's best first objective.
 
-    The far end of an accuracy/size front holds models that lost most of their accuracy; a
-    per-layer refinement around them rarely helps, while one around the accurate models finds
-    smaller ones that keep their accuracy.
+    The front is the one of ``report.results.front`` on the trials' own (short fine-tune)
+    values, with every trial of identical values kept, as Optuna's ``best_trials`` does. The far
+    end of an accuracy/size front holds models that lost most of their accuracy; a per-layer
+    refinement around them rarely helps, while one around the accurate models finds smaller ones
+    that keep their accuracy.
     """
-    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
-    if not front:
+    objectives = study_objectives(study)
+    rows = front(trial_rows(study), study_budgets(study), objectives, fidelity="short",
+                 distinct=False)
+    if not rows:
         return []
-    sign = 1.0 if runner.objectives.directions[0] == "maximize" else -1.0
-    best = max(sign * t.values[0] for t in front)
-    return [t for t in front if sign * t.values[0] >= best - margin]
+    first = objectives[0]
+    sign = 1.0 if first["direction"] == "maximize" else -1.0
+    scores = {row.trial: sign * float(row.measured[first["key"]]) for row in rows}
+    best = max(scores.values())
+    complete = {t.number: t for t in study.get_trials(deepcopy=False,
+                                                      states=(TrialState.COMPLETE,))}
+    return [complete[number] for number in sorted(scores) if scores[number] >= best - margin]
 
 
 def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
                  rng: random.Random) -> tuple[str, dict[str, Any], int | None]:
     """The next trial's stage, the parameters it fixes, and its base trial (local stage)."""
     if config.strategy == "flat":
-        return "flat", {}, None
+        return FLAT, {}, None
     done = completed_count(study)
     if done < math.ceil(config.global_share * config.trials):
-        return "global", runner.space.neutral_local(), None
-    bases = _bases(study, runner, config.base_margin)
+        return GLOBAL, runner.space.neutral_local(), None
+    bases = _bases(study, config.base_margin)
     if not bases:
-        return "global", runner.space.neutral_local(), None
-    local_done = sum(1 for t in study.get_trials(deepcopy=False)
-                     if t.user_attrs.get("stage") == "local")
-    base = sorted(bases, key=lambda t: t.number)[local_done % len(bases)]
+        return GLOBAL, runner.space.neutral_local(), None
+    local_done = sum(1 for t in study.get_trials(deepcopy=False) if trial_stage(t) == LOCAL)
+    base = bases[local_done % len(bases)]
     layers = list(runner.space.allowed)
     chosen = set(rng.sample(layers, max(1, round(config.local_share * len(layers)))))
     fixed = {key: value for key, value in base.params.items()
              if key in runner.distributions() and key.split(":")[0] not in chosen}
-    return "local", fixed, base.number
+    return LOCAL, fixed, base.number
 
 

@@ -2,9 +2,10 @@
 
 Optuna cannot prune multi-objective studies, so the rule is ours: when the search has its trials,
 every feasible trial that would be non-dominated if its validation accuracy were ``margin``
-higher is re-run from its plan with ``promote_steps`` fine-tune steps. The promoted measurements
-are stored in the study (user attribute ``promoted:<trial>``), so a re-run or ``lpsd-search
-report`` sees them, and a trial is never promoted twice.
+higher (its validation loss ``margin`` lower) is re-run from its plan with ``promote_steps``
+fine-tune steps. The promoted measurements are stored in the study
+(``report.record.set_promoted``), so a re-run or ``lpsd-search report`` sees them, and a trial
+is never promoted twice.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import optuna
 
-from lpsd_search.report.pareto import non_dominated
+from lpsd_search.report.record import is_promoted, set_promoted
 from lpsd_search.report.results import (
+    front,
     front_numbers,
     study_budgets,
     study_objectives,
     trial_rows,
     write_results,
 )
-from lpsd_search.trial.evaluate import measurement_attrs
 from lpsd_search.trial.export import prune_models
 
 if TYPE_CHECKING:
@@ -35,27 +35,16 @@ logger = logging.getLogger(__name__)
 
 
 def candidates(study: optuna.Study, margin: float) -> list[int]:
-    """Feasible trials that are non-dominated once their accuracy gets ``margin`` more
-    (on their short fine-tune, whether or not they were promoted already)."""
-    objectives = study_objectives(study)
-    keys = [o["key"] for o in objectives]
-    maximize = [o["direction"] == "maximize" for o in objectives]
-    budgets = study_budgets(study)
-    rows = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
-        if all(k in attrs for k in keys) and all(
-                attrs.get(b["metric"], float("inf")) <= b["limit"] for b in budgets):
-            rows.append((trial.number, [float(attrs[k]) for k in keys]))
-    chosen = []
-    values = np.array([v for _, v in rows], dtype=float)
-    for index, (number, own) in enumerate(rows):
-        boosted = values.copy()
-        boosted[index] = [v + margin if k == "accuracy" else v - margin if k == "loss" else v
-                          for k, v in zip(keys, own, strict=True)]
-        if non_dominated(boosted, maximize)[index]:
-            chosen.append(number)
-    return chosen
+    """Feasible trials that are non-dominated once given ``margin`` more quality, by number.
+
+    Computed on the trials' short fine-tune, whether or not they were promoted already. The
+    margin improves the objectives a longer fine-tune changes, each in its direction (validation
+    accuracy ``+margin``, validation loss ``-margin``; see ``report.results.front``).
+    """
+    rows = front(trial_rows(study), study_budgets(study), study_objectives(study),
+                 fidelity="short", margin=margin)
+    # Promoted in trial order, as they finished.
+    return sorted(row.trial for row in rows)
 
 
 def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
@@ -63,8 +52,7 @@ def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
     """Re-run the candidates with the longer fine-tune; returns the trials promoted now."""
     done = []
     for number in candidates(study, config.promote_margin):
-        key = f"promoted:{number}"
-        if key in study.user_attrs:
+        if is_promoted(study, number):
             continue
         trial = study.trials[number]
         logger.info("promoting trial %d to %d fine-tune steps", number, config.promote_steps)
@@ -74,13 +62,13 @@ def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
             logger.warning("promotion of trial %d failed: %s", number, error)
             continue
         assert outcome.measured is not None
-        study.set_user_attr(key, measurement_attrs(outcome.measured))
+        set_promoted(study, number, outcome.measured)
         done.append(number)
         if config.save_models and outcome.model is not None:
             runner.save_model(number, outcome.model, {**outcome.attrs, "promoted": True})
         write_results(study, out_dir)
     if config.save_models:
         prune_models(out_dir, front_numbers(study))
-    logger.info("promoted %d trials; front now %s", len(done),
-                sorted(row.trial for row in trial_rows(study) if row.short is not None))
+    logger.info("promoted %d trials; promoted now: %s", len(done),
+                sorted(row.trial for row in trial_rows(study) if row.promoted is not None))
     return done

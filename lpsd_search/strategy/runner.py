@@ -28,13 +28,20 @@ from lpsd_search.plan.budget import Budget, Pricer, parse_budgets
 from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.layers import find_layers
 from lpsd_search.plan.measure import ModelSize
+from lpsd_search.report.record import (
+    PLAN,
+    outcome_attrs,
+    plan_override,
+    study_config,
+    write_study_header,
+)
 from lpsd_search.strategy.objectives import ObjectiveSet, load_objectives
 from lpsd_search.strategy.params import BoundSpace
 from lpsd_search.strategy.spaces import load_space
 from lpsd_search.strategy.storage import default_url, open_storage
 from lpsd_search.trial.baseline import prepare_baseline
 from lpsd_search.trial.device import resolve_device
-from lpsd_search.trial.evaluate import Evaluator, Measurement, measurement_attrs
+from lpsd_search.trial.evaluate import Evaluator, Measurement
 
 logger = logging.getLogger(__name__)
 
@@ -156,14 +163,12 @@ class TrialRunner:
         except ValueError as error:
             raise UserInputError(f"cannot open study {name!r} in {url}: {error}") from None
         identity = self.identity()
-        stored = study.user_attrs.get("config")
+        stored = study_config(study)
         if stored is None:
-            study.set_user_attr("config", identity)
-            study.set_user_attr("baseline", measurement_attrs(self.baseline))
-            study.set_user_attr("budgets", [b.to_dict() for b in self.budgets])
-            study.set_user_attr("budget", self.budgets[0].to_dict())
-            study.set_user_attr("objectives", self.objectives.to_dict())
-            study.set_user_attr("layers", dict(self.space.allowed))
+            write_study_header(study, config=identity, baseline=self.baseline,
+                               budgets=[b.to_dict() for b in self.budgets],
+                               objectives=self.objectives.to_dict(),
+                               layers=dict(self.space.allowed))
         elif stored != identity:
             changed = sorted(k for k in set(stored) | set(identity)
                              if stored.get(k) != identity.get(k))
@@ -177,8 +182,8 @@ class TrialRunner:
         """Keep a trial's fine-tuned weights for ``lpsd-search export``."""
         from lpsd_search.trial.export import save_trial_model
 
-        save_trial_model(self.options.out, number, model, attrs, model_spec=self.options.model,
-                         data_spec=self.data.spec,
+        save_trial_model(self.options.out, number, model, plan=attrs[PLAN],
+                         measures=attrs, model_spec=self.options.model, data_spec=self.data.spec,
                          input_shape=(self.data.in_channels, *self.data.input_size),
                          num_classes=self.data.num_classes)
 
@@ -203,8 +208,7 @@ class TrialRunner:
             attrs: the trial's user attributes so far (a warm start's ``plan_override``).
             steps: fine-tune steps (default: the search's).
         """
-        attrs = dict(attrs or {})
-        plan = self.plan_for(params, attrs.get("plan_override"))
+        plan = self.plan_for(params, plan_override(attrs or {}))
         predicted = self.pricer.size(plan)
         measured, model = self.evaluator.evaluate(plan, steps)
         if (measured.params, measured.bytes, measured.flops) != (
@@ -218,8 +222,8 @@ class TrialRunner:
         # Constraints use what was measured on the built model, never the prediction.
         built = ModelSize(measured.params, measured.bytes, measured.flops)
         constraints = [budget.excess(built) for budget in self.budgets]
-        out = {"plan": plan.to_dict(), "predicted_params": predicted.params,
-               "node": self.node, **measurement_attrs(measured)}
+        out = outcome_attrs(plan=plan.to_dict(), predicted_params=predicted.params,
+                            node=self.node, measured=measured)
         return TrialOutcome(values, constraints, out, measured, model)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from lpsd_search.errors import UserInputError
+from lpsd_search.report.record import has_header
 from lpsd_search.report.results import write_results
 from lpsd_search.strategy.storage import default_url, open_storage
 
@@ -33,7 +34,7 @@ def load_study(url: str, name: str | None) -> optuna.Study:
     if name not in names:
         raise UserInputError(f"no study {name!r} in {url}; valid: {', '.join(names) or '(none)'}")
     study = optuna.load_study(study_name=name, storage=storage)
-    if "baseline" not in study.user_attrs:
+    if not has_header(study):
         raise UserInputError(f"study {name!r} in {url} was not made by lpsd-search")
     return study
 

@@ -8,7 +8,8 @@
   sparse residual only).
 
 Each is enqueued with approximate parameters (so the sampler learns from it) and the exact plan
-as the ``plan_override`` user attribute, which the runner builds when it fits the budgets.
+as the ``plan_override`` user attribute (``report.record.warm_start_attrs``), which the runner
+builds when it fits the budgets.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lpsd_search.errors import UserInputError
 from lpsd_search.plan.budget import SPARSE, Request
 from lpsd_search.plan.choices import NONE, Plan
 from lpsd_search.procedures.compress import compress_model
+from lpsd_search.report.record import warm_start_attrs
 from lpsd_search.strategy.runner import TrialRunner
 
 logger = logging.getLogger(__name__)
@@ -168,7 +170,6 @@ def enqueue_warm_starts(study: optuna.Study, runner: TrialRunner, names: Sequenc
     plans = warm_start_plans(runner, names)
     for label, plan in plans:
         params = runner.space.params_for(plan_requests(runner, plan))
-        study.enqueue_trial(params, user_attrs={"source": label, "stage": "warm",
-                                                "plan_override": plan.to_dict()})
+        study.enqueue_trial(params, user_attrs=warm_start_attrs(label, plan.to_dict()))
         logger.info("warm start %s: %s", label, plan.summary())
     return len(plans)

@@ -21,7 +21,6 @@ from lpsd_search.trial.evaluate import (
     Evaluator,
     Measurement,
     measure_latency,
-    measurement_attrs,
     validation_loss,
 )
 from lpsd_search.trial.export import (
@@ -57,7 +56,6 @@ __all__ = [
     "load",
     "load_model",
     "measure_latency",
-    "measurement_attrs",
     "model_path",
     "new_model",
     "prepare_baseline",

@@ -156,12 +156,6 @@ class Evaluator:
         return result, model
 
 
-def measurement_attrs(measured: Measurement) -> dict[str, Any]:
-    """The measurement as JSON-safe trial attributes (NaN fields left out)."""
-    return {k: v for k, v in measured.to_dict().items()
-            if not (isinstance(v, float) and math.isnan(v))}
-
-
 OBJECTIVE_EXAMPLES = 2000
 """Validation images the local selection scores each candidate on (a fixed subset: speed)."""
 

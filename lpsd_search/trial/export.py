@@ -49,14 +49,20 @@ def save_compressed(path: Path, model: nn.Module, *, model_spec: str, data_spec:
     })
 
 
-def save_trial_model(out_dir: Path, number: int, model: nn.Module, attrs: Mapping[str, Any],
-                     *, model_spec: str, data_spec: str, input_shape: tuple[int, int, int],
-                     num_classes: int) -> Path:
-    """Keep a trial's fine-tuned weights under ``OUT/models`` for a later export."""
+def save_trial_model(out_dir: Path, number: int, model: nn.Module, *, plan: Mapping[str, Any],
+                     measures: Mapping[str, Any], model_spec: str, data_spec: str,
+                     input_shape: tuple[int, int, int], num_classes: int) -> Path:
+    """Keep a trial's fine-tuned weights under ``OUT/models`` for a later export.
+
+    Args:
+        plan: the trial's plan (``Plan.to_dict``).
+        measures: its measurements; those in ``KEPT_ATTRS`` go into the file's meta.
+    """
     path = model_path(out_dir, number)
     save_compressed(path, model, model_spec=model_spec, data_spec=data_spec,
-                    input_shape=input_shape, num_classes=num_classes, plan=attrs["plan"],
-                    meta={"trial": number, **{k: attrs[k] for k in KEPT_ATTRS if k in attrs}})
+                    input_shape=input_shape, num_classes=num_classes, plan=plan,
+                    meta={"trial": number, **{k: measures[k] for k in KEPT_ATTRS
+                                              if k in measures}})
     return path
 
 

@@ -18,8 +18,10 @@ import optuna
 import pytest
 from services import RayCluster, ray_cluster
 
+from lpsd_search.backends.ray import driver
+from lpsd_search.cli.main import main
 from lpsd_search.cli.parser import add_ray_arguments
-from lpsd_search.config import RayConfig
+from lpsd_search.config import RayConfig, SearchOptions
 from lpsd_search.errors import UserInputError
 
 # Same baseline recipe as the conftest fixture, so the driver loads the cached weights.
@@ -61,18 +63,116 @@ def test_the_backend_modules_do_not_import_ray():
     assert done.stdout.strip() == "False"
 
 
-def test_ray_arguments_and_their_checks():
+def test_ray_arguments_parse_to_their_values_types_and_defaults():
     parser = argparse.ArgumentParser()
     add_ray_arguments(parser)
-    args = parser.parse_args(["--backend", "ray", "--ray-address", "10.0.0.1:6379",
-                              "--gpus-per-trial", "0.25", "--max-concurrent", "4"])
-    assert (args.backend, args.ray_address, args.gpus_per_trial, args.cpus_per_trial,
-            args.max_concurrent) == ("ray", "10.0.0.1:6379", 0.25, 1.0, 4)
-    assert parser.parse_args([]).backend == "optuna"
-    with pytest.raises(UserInputError, match="--max-concurrent 0"):
-        RayConfig(max_concurrent=0)
-    with pytest.raises(UserInputError, match="--gpus-per-trial"):
-        RayConfig(gpus_per_trial=-0.5)
+    given = parser.parse_args(["--backend", "ray", "--ray-address", "10.0.0.1:6379",
+                               "--cpus-per-trial", "2", "--gpus-per-trial", "0.25",
+                               "--max-concurrent", "4"])
+    assert vars(given) == {"backend": "ray", "ray_address": "10.0.0.1:6379",
+                           "cpus_per_trial": 2.0, "gpus_per_trial": 0.25, "max_concurrent": 4}
+    assert [type(given.cpus_per_trial), type(given.gpus_per_trial),
+            type(given.max_concurrent)] == [float, float, int]
+    assert vars(parser.parse_args([])) == {"backend": "optuna", "ray_address": None,
+                                           "cpus_per_trial": 1.0, "gpus_per_trial": 0.0,
+                                           "max_concurrent": 2}
+    # The parser's defaults are RayConfig's, so a bare --backend ray runs as documented there.
+    assert RayConfig() == RayConfig(address=None, cpus_per_trial=1.0, gpus_per_trial=0.0,
+                                    max_concurrent=2, max_failures=1)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backend", "dask"], "argument --backend: invalid choice: 'dask'"),
+    (["--gpus-per-trial", "-0.5"], "argument --gpus-per-trial: '-0.5' is negative; valid: 0 "
+                                   "or more"),
+    (["--cpus-per-trial", "two"], "argument --cpus-per-trial: 'two' is not a number"),
+    (["--max-concurrent", "1.5"], "argument --max-concurrent: invalid int value: '1.5'"),
+])
+def test_ray_arguments_reject_bad_values_with_the_option_named(argv, message, capsys):
+    parser = argparse.ArgumentParser(prog="p")
+    add_ray_arguments(parser)
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"max_concurrent": 0}, "--max-concurrent 0 is invalid; valid: 1 or more"),
+    ({"max_concurrent": -3}, "--max-concurrent -3 is invalid; valid: 1 or more"),
+    ({"cpus_per_trial": 0.0}, "--cpus-per-trial 0.0 is invalid; valid: > 0"),
+    ({"cpus_per_trial": -1.0}, "--cpus-per-trial -1.0 is invalid; valid: > 0"),
+    ({"gpus_per_trial": -0.5}, "--gpus-per-trial -0.5 is invalid; valid: 0 or more"),
+    ({"max_failures": -1}, "max failures -1 is invalid; valid: 0 or more"),
+])
+def test_ray_config_rejects_each_bad_field_with_its_message(fields, message):
+    with pytest.raises(UserInputError) as info:
+        RayConfig(**fields)
+    assert str(info.value) == message
+
+
+def test_ray_config_accepts_the_boundary_values():
+    config = RayConfig(cpus_per_trial=0.5, gpus_per_trial=0.0, max_concurrent=1, max_failures=0)
+    assert (config.cpus_per_trial, config.gpus_per_trial, config.max_concurrent,
+            config.max_failures) == (0.5, 0.0, 1, 0)
+
+
+def _search_with_ray_recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                              *ray_args: str) -> tuple[int, list[tuple[SearchOptions, RayConfig]]]:
+    """Run ``lpsd-search search --backend ray`` with the driver replaced by a recorder.
+
+    The stand-in writes an empty result, as a search whose trials all failed would, so the CLI
+    goes on to its summary; nothing imports Ray.
+    """
+    calls: list[tuple[SearchOptions, RayConfig]] = []
+
+    def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, object]:
+        calls.append((options, config))
+        document = {"study": "recorded", "baseline": {"params": 1000, "bytes": 4000,
+                                                      "flops": 9000, "accuracy": 0.9,
+                                                      "test_accuracy": 0.9}, "points": []}
+        options.out.mkdir(parents=True, exist_ok=True)
+        (options.out / "pareto.json").write_text(json.dumps(document))
+        return document
+
+    monkeypatch.setattr(driver, "run_ray_search", run_ray_search)
+    status = main(["-q", "search", "--budget", "0.3", "--trials", "5", "--seed", "7",
+                   "--out", str(tmp_path / "run"), "--no-report", "--backend", "ray",
+                   *ray_args])
+    return status, calls
+
+
+def test_search_cli_builds_the_ray_config_from_its_arguments(monkeypatch, tmp_path):
+    status, calls = _search_with_ray_recorded(
+        monkeypatch, tmp_path, "--ray-address", "10.0.0.1:6379", "--cpus-per-trial", "2",
+        "--gpus-per-trial", "0.25", "--max-concurrent", "4")
+    assert status == 0
+    assert len(calls) == 1
+    options, config = calls[0]
+    assert config == RayConfig(address="10.0.0.1:6379", cpus_per_trial=2.0,
+                               gpus_per_trial=0.25, max_concurrent=4, max_failures=1)
+    # The search's own options reach the driver as given.
+    assert (options.budget, options.search.trials, options.search.seed, options.out) == (
+        ("0.3",), 5, 7, tmp_path / "run")
+
+
+def test_search_cli_ray_defaults(monkeypatch, tmp_path):
+    status, calls = _search_with_ray_recorded(monkeypatch, tmp_path)
+    assert status == 0
+    assert [config for _, config in calls] == [RayConfig(
+        address=None, cpus_per_trial=1.0, gpus_per_trial=0.0, max_concurrent=2,
+        max_failures=1)]
+
+
+@pytest.mark.parametrize(("ray_args", "message"), [
+    (["--max-concurrent", "0"], "--max-concurrent 0 is invalid; valid: 1 or more"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial 0.0 is invalid; valid: > 0"),
+])
+def test_search_cli_reports_a_bad_ray_config_as_one_line_before_running(
+        monkeypatch, tmp_path, capsys, ray_args, message):
+    status, calls = _search_with_ray_recorded(monkeypatch, tmp_path, *ray_args)
+    assert (status, calls) == (2, [])
+    assert capsys.readouterr().err == f"lpsd-search: error: {message}\n"
 
 
 @pytest.mark.ray
@@ -92,12 +192,17 @@ def test_trials_run_on_both_nodes_and_reach_the_results(cluster, digits_model, c
     assert {n.rsplit(":", 1)[1] for n in nodes} == {i[:8] for i in cluster.node_ids()}
     study = _study(out)
     trial_ids = [t.user_attrs["ray_trial_id"] for t in study.trials]
-    assert len(set(trial_ids)) == 4
+    assert len(trial_ids) == len(set(trial_ids)) == 4
     # The same files as the Optuna backend: constraints stored, a front of feasible points.
-    assert all(set(t.constraints) == {"params"} for t in study.trials)
+    assert [set(t.constraints) for t in study.trials] == [{"params"}] * 4
     assert all(t.constraints["params"] <= 0 for t in study.trials)
-    document_points = [r for r in rows if r["pareto"] == "1"]
-    assert document_points and all(r["feasible"] == "1" for r in document_points)
+    document = json.loads((out / "pareto.json").read_text())
+    limit = document["budget"]["limit"]
+    assert limit == int(0.5 * document["baseline"]["params"])
+    assert all(int(r["params"]) <= limit and r["feasible"] == "1" for r in rows)
+    front = sorted(int(r["trial"]) for r in rows if r["pareto"] == "1")
+    assert len(front) >= 1
+    assert sorted(p["trial"] for p in document["points"]) == front
 
 
 def _wait_for_completed(out: Path, count: int, process: subprocess.Popen[str],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,26 +13,62 @@ from lpsd_search.cli.main import main
 
 pytestmark = pytest.mark.slow
 
+DIGITS_CNN_PARAMS = 25_978
+"""digits-cnn on 8x8 digits, by hand: convolutions 144 + 4,608 + 18,432, fc 2,570, BatchNorm
+224."""
+
+
+def _read(out: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    document = json.loads((out / "pareto.json").read_text())
+    with (out / "trials.csv").open(newline="") as handle:
+        return document, list(csv.DictReader(handle))
+
+
+def _check_front(document: dict[str, Any], rows: list[dict[str, str]]) -> None:
+    """The front, checked from the files alone: the trials flagged pareto, each within the
+    budget, with compression = baseline params / params, and none dominating another."""
+    points, base = document["points"], document["baseline"]["params"]
+    assert sorted(p["trial"] for p in points) == sorted(
+        int(r["trial"]) for r in rows if r["pareto"] == "1")
+    for point in points:
+        assert point["params"] <= document["budget"]["limit"]
+        assert point["compression"] == pytest.approx(base / point["params"])
+        for other in points:
+            dominates = (other["accuracy"] >= point["accuracy"]
+                         and other["params"] <= point["params"]
+                         and (other["accuracy"], other["params"])
+                         != (point["accuracy"], point["params"]))
+            assert not dominates, (other, point)
+
 
 def test_demo_front_has_a_3x_smaller_point_within_one_point(tmp_path):
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
-    document = json.loads((out / "pareto.json").read_text())
+    document, rows = _read(out)
     baseline = document["baseline"]
+    assert baseline["params"] == DIGITS_CNN_PARAMS
+    # The demo's budget is half the baseline's params: int(0.5 * 25,978) = 12,989.
+    assert document["budget"]["limit"] == 12_989
     points = document["points"]
     assert len(points) >= 3
+    _check_front(document, rows)
     good = [p for p in points
             if p["compression"] >= 3 and p["accuracy"] >= baseline["accuracy"] - 0.01]
-    assert good, points
+    assert len(good) >= 1, points
 
 
 def test_budget_0_2_is_never_exceeded(tmp_path):
     out = tmp_path / "run"
     assert main(["-q", "search", "--budget", "0.2", "--trials", "16", "--finetune-steps", "40",
                  "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
-    document = json.loads((out / "pareto.json").read_text())
-    limit = 0.2 * document["baseline"]["params"]
-    assert document["points"]
-    assert all(p["params"] <= limit for p in document["points"])
-    rows = (out / "trials.csv").read_text().splitlines()[1:]
-    assert len(rows) == 16
+    document, rows = _read(out)
+    assert document["baseline"]["params"] == DIGITS_CNN_PARAMS
+    # int(0.2 * 25,978) = 5,195.
+    limit = document["budget"]["limit"]
+    assert limit == 5195
+    # Every trial, not only the front: 16 rows, each completed within the limit.
+    assert [int(r["trial"]) for r in rows] == list(range(16))
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 16
+    assert all(int(r["params"]) <= limit and r["feasible"] == "1" for r in rows), rows
+    assert len(document["points"]) >= 1
+    _check_front(document, rows)

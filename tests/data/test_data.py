@@ -1,4 +1,4 @@
-"""Tests for lpsd_search.data and lpsd_search.datasets_io on small files written in tmp_path."""
+"""Tests for lpsd_search.data (splits, readers, images) on small files written in tmp_path."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lpsd_search.data.splits import DataSplits, ImageTensorDataset, load_data, stratified_split
+from lpsd_search.data.splits import (
+    DataSplits,
+    ImageTensorDataset,
+    NormalisedDataset,
+    load_data,
+    stratified_split,
+)
 from lpsd_search.errors import UserInputError
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -107,6 +113,12 @@ def test_fashion_mnist_idx_files(tmp_path: Path, compress: bool) -> None:
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1.0) < 1e-2
     assert torch.bincount(_stack(splits.val)[1], minlength=10).tolist() == [2] * 10
     _assert_disjoint(splits)
+    # Train and validation hold exactly the training file's images; test is the t10k file.
+    train, val, test = (_in_memory(part) for part in (splits.train, splits.val, splits.test))
+    written = torch.from_numpy(_unique_images(200, (6, 5), 1))[:, None]
+    assert _rows(train.images) | _rows(val.images) == _rows(written)
+    assert torch.equal(test.images, torch.from_numpy(_unique_images(50, (6, 5), 2))[:, None])
+    assert test.labels.tolist() == [i % 10 for i in range(50)]
 
 
 def test_fashion_mnist_errors(tmp_path: Path) -> None:
@@ -158,11 +170,18 @@ def test_cifar10_batches(tmp_path: Path, nested: bool) -> None:
     channel_means = x.mean(dim=(0, 2, 3))
     assert channel_means.abs().max() < 1e-4
     _assert_disjoint(splits)
+    # The five training batches feed train and validation; the test batch is kept in order.
+    train, val, test = (_in_memory(part) for part in (splits.train, splits.val, splits.test))
+    written = [_unique_images(20, (3072,), seed).reshape(-1, 3, 32, 32) for seed in range(1, 7)]
+    assert _rows(train.images) | _rows(val.images) == _rows(torch.from_numpy(
+        np.concatenate(written[:5])))
+    assert torch.equal(test.images, torch.from_numpy(written[5]))
+    assert torch.bincount(val.labels, minlength=10).tolist() == [1] * 10
 
 
 def test_cifar10_errors(tmp_path: Path) -> None:
     _write_cifar(tmp_path / "c", protocol=4)
-    load_data(f"cifar10:{tmp_path / 'c'}")  # protocol 4 files load too
+    assert _sizes(load_data(f"cifar10:{tmp_path / 'c'}")) == [90, 10, 20]  # protocol 4 loads
     (tmp_path / "c" / "test_batch").unlink()
     with pytest.raises(UserInputError, match="lacks the file 'test_batch'"):
         load_data(f"cifar10:{tmp_path / 'c'}")
@@ -189,6 +208,11 @@ def _write_images(root: Path, classes: dict[str, int], size: tuple[int, int], mo
             (image.convert("L") if mode == "L" else image).save(root / name / f"{i:03d}.png")
 
 
+def _chw_bytes(path: Path) -> bytes:
+    with Image.open(path) as image:
+        return np.asarray(image).transpose(2, 0, 1).tobytes()
+
+
 def test_image_folder_tree_split_70_15_15(tmp_path: Path) -> None:
     _write_images(tmp_path, {"ant": 20, "bee": 20, "cat": 20}, size=(10, 12), mode="RGB")
     splits = load_data(f"imagefolder:{tmp_path}", seed=0)
@@ -201,6 +225,14 @@ def test_image_folder_tree_split_70_15_15(tmp_path: Path) -> None:
     assert torch.bincount(y).tolist() == [14, 14, 14]
     assert torch.bincount(_stack(splits.test)[1]).tolist() == [3, 3, 3]
     _assert_disjoint(splits)
+    # Unnormalised, the three splits hold exactly the files' pixels (CxHxW, RGB order).
+    raw: set[bytes] = set()
+    for part in (splits.train, splits.val, splits.test):
+        assert isinstance(part, NormalisedDataset)
+        raw |= {part.base[i][0].numpy().tobytes() for i in range(len(cast(Sized, part)))}
+    files = sorted(tmp_path.glob("*/*.png"))
+    assert len(files) == 60
+    assert raw == {_chw_bytes(f) for f in files}
 
 
 def test_image_folder_with_split_dirs_shares_classes(tmp_path: Path) -> None:

@@ -11,15 +11,16 @@ from torch import nn
 
 from lpsd_search import UserInputError
 from lpsd_search.decompositions import LayerGeometry
-from lpsd_search.decompositions.base import get_method
+from lpsd_search.decompositions.base import DECOMPOSITIONS, Decomposition, get_method
 from lpsd_search.decompositions.ranks import (
     _evb_tau_bar,
-    _tt_feasible,
     energy_rank,
     evbmf,
     fraction_rank,
     suggest_rank,
 )
+from lpsd_search.decompositions.svd import SVD
+from lpsd_search.decompositions.tt_layout import feasible_ranks
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -177,8 +178,8 @@ def test_tt_suggestion_recovers_planted_bond_ranks() -> None:
                   for k, n in enumerate((4, 4, 9, 4, 4)))
     _set_weight(conv, method.reconstruct(cores, geom, bonds[1:-1]), 1e-6, gen)
     assert suggest_rank(conv, "tt") == (2, 3, 3, 2)
-    assert _tt_feasible([4, 16, 16, 4], (4, 4, 9, 4, 4)) == [4, 16, 16, 4]
-    assert _tt_feasible([9, 50, 50, 1], (4, 4, 9, 4, 4)) == [4, 16, 4, 1]
+    assert feasible_ranks([4, 16, 16, 4], (4, 4, 9, 4, 4)) == [4, 16, 16, 4]
+    assert feasible_ranks([9, 50, 50, 1], (4, 4, 9, 4, 4)) == [4, 16, 4, 1]
 
 
 def test_suggestions_are_clipped_to_the_valid_ranks() -> None:
@@ -217,6 +218,95 @@ def test_suggest_rank_rejects_bad_input_in_one_line() -> None:
         suggest_rank(conv, "svd", rule="energy", keep=2.0)
     with pytest.raises(UserInputError, match="valid layers: Conv2d, Linear"):
         suggest_rank(nn.Conv1d(4, 4, 3), "svd")
+
+
+# --- pinned suggestions: every method's unfoldings ------------------------------------------
+
+
+def _decaying(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """A seeded ``rows × cols`` matrix with singular values ``0.75^k`` plus noise ``1e-3``."""
+    gen = _gen(seed)
+    left = _orthonormal(rows, rows, gen)
+    right = _orthonormal(cols, rows, gen)
+    values = 0.75 ** torch.arange(rows, dtype=torch.float64)
+    return (left * values) @ right.T + 1e-3 * torch.randn(rows, cols, generator=gen,
+                                                          dtype=torch.float64)
+
+
+def _seeded_layers() -> dict[str, nn.Conv2d | nn.Linear]:
+    conv, grouped, linear = nn.Conv2d(16, 32, 3), nn.Conv2d(24, 24, 3, groups=2), nn.Linear(40, 60)
+    with torch.no_grad():
+        conv.weight.copy_(_decaying(32, 144, 0).reshape(32, 16, 3, 3))
+        grouped.weight.copy_(torch.cat([_decaying(12, 108, s) for s in (1, 2)])
+                             .reshape(24, 12, 3, 3))
+        linear.weight.copy_(_decaying(40, 60, 3).T)
+    return {"conv": conv, "grouped": grouped, "linear": linear}
+
+
+# (layer, method, options, (vbmf, energy keep=0.9, energy keep=0.5)), computed by the rank rules
+# as they were before the methods provided their own unfoldings (branches on method names).
+PINNED: list[tuple[str, str, dict[str, object], tuple[object, object, object]]] = [
+    ("conv", "svd", {}, (14, 5, 2)),
+    ("conv", "alds", {}, (11, 4, 2)),
+    ("conv", "alds", {"k": 2}, (13, 4, 2)),
+    ("conv", "tucker2", {}, ((14, 4), (5, 12), (2, 5))),
+    ("conv", "cp", {}, (14, 12, 5)),
+    ("conv", "cp", {"variant": "cp3"}, (14, 12, 5)),
+    ("conv", "tt", {}, ((1, 4, 14, 6), (4, 12, 5, 6), (2, 5, 2, 2))),
+    ("conv", "tt", {"d": 3}, ((1, 2, 4, 8, 4, 1), (4, 7, 12, 5, 7, 4), (2, 3, 5, 2, 2, 2))),
+    ("grouped", "svd", {}, (8, 4, 2)),
+    ("grouped", "alds", {}, (7, 4, 2)),
+    ("grouped", "alds", {"k": 2}, (7, 4, 2)),
+    ("grouped", "tucker2", {}, ((8, 2), (4, 9), (2, 4))),
+    ("grouped", "cp", {}, (8, 9, 4)),
+    ("grouped", "cp", {"variant": "cp3"}, (8, 9, 4)),
+    ("grouped", "tt", {}, ((1, 2, 6, 2), (4, 9, 4, 4), (2, 4, 2, 2))),
+    ("grouped", "tt", {"d": 3}, ((1, 1, 2, 8, 4, 2), (3, 5, 9, 4, 5, 3), (2, 3, 4, 2, 2, 2))),
+    ("linear", "svd", {}, (14, 5, 2)),
+    ("linear", "alds", {}, (14, 5, 2)),
+    ("linear", "tucker2", {}, ((14, 14), (5, 5), (2, 2))),
+    ("linear", "cp", {}, (14, 5, 2)),
+    ("linear", "cp", {"variant": "cp3"}, (14, 5, 2)),
+    ("linear", "tt", {}, ((3, 14, 5), (6, 5, 7), (2, 2, 3))),
+    ("linear", "tt", {"d": 3}, ((3, 12, 14, 8, 2), (4, 7, 5, 9, 5), (2, 2, 2, 3, 2))),
+]
+
+
+@pytest.mark.parametrize(("layer", "method", "options", "expected"), PINNED,
+                         ids=[f"{row[0]}-{row[1]}-{row[2]}" for row in PINNED])
+def test_suggestions_are_pinned_for_every_method(layer: str, method: str,
+                                                 options: dict[str, object],
+                                                 expected: tuple[object, object, object]) -> None:
+    conv = _seeded_layers()[layer]
+    found = tuple(suggest_rank(conv, method, rule=rule, keep=keep, **options)
+                  for rule, keep in (("vbmf", 0.9), ("energy", 0.9), ("energy", 0.5)))
+    assert found == expected
+
+
+def test_every_registered_method_is_pinned_and_gives_unfoldings() -> None:
+    assert {method for _, method, _, _ in PINNED} == set(DECOMPOSITIONS.names())
+    conv = _seeded_layers()["conv"]
+    geom, weight = LayerGeometry.of(conv), conv.weight.detach()
+    for name in DECOMPOSITIONS.names():
+        method = get_method(name)
+        batches = method.unfoldings(weight, geom)
+        top = method.max_rank(geom)
+        assert all(batch.dim() == 3 for batch in batches)
+        # A tuple rank takes one batch per entry; every matrix holds the whole kernel.
+        assert isinstance(top, int) or len(batches) == len(top)
+        assert all(batch[0].numel() * batch.shape[0] == weight.numel() for batch in batches)
+
+
+def test_a_method_without_unfoldings_has_no_rank_rule() -> None:
+    class NoRule(SVD):
+        name = "norule"
+        unfoldings = Decomposition.unfoldings
+
+    conv = nn.Conv2d(8, 8, 3)
+    with pytest.raises(UserInputError) as error:
+        NoRule().unfoldings(conv.weight.detach(), LayerGeometry.of(conv))
+    assert str(error.value) == (
+        "no rank rule for method 'norule'; valid: " + ", ".join(DECOMPOSITIONS.names()))
 
 
 # --- fraction_rank --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for lpsd_search.checkpoint."""
+"""Tests for lpsd_search.models.checkpoint."""
 
 from __future__ import annotations
 

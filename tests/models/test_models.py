@@ -1,4 +1,4 @@
-"""Tests for lpsd_search.models and lpsd_search.cifar_models."""
+"""Tests for lpsd_search.models.zoo and lpsd_search.models.cifar."""
 
 from __future__ import annotations
 
@@ -59,8 +59,15 @@ def test_parameter_counts() -> None:
     assert _count(resnet20, nn.Conv2d) == 19 + 2  # 19 weighted convs + 2 projection shortcuts
     resnet56 = build_model("resnet56", in_channels=3, num_classes=10, input_size=(32, 32))
     assert _count(resnet56, nn.Conv2d) == 55 + 2
+    assert _params(resnet56) == 855770
     vgg16 = build_model("vgg16", in_channels=3, num_classes=10, input_size=(32, 32))
     assert _count(vgg16, nn.Conv2d) == 13 and _count(vgg16, nn.MaxPool2d) == 5
+    assert _params(vgg16) == 14724042  # 14,710,464 bias-free 3x3 conv, 8,448 BN, 5,130 linear
+    vgg11 = build_model("vgg11", in_channels=3, num_classes=10, input_size=(32, 32))
+    assert _params(vgg11) == 9228362  # 9,217,728 conv, 5,504 BN, 5,130 linear
+    # Only the first conv depends on the input channels: 2 channels fewer, 2 * 64 * 3 * 3 less.
+    grey = build_model("vgg11", in_channels=1, num_classes=10, input_size=(32, 32))
+    assert _params(vgg11) - _params(grey) == 1152
     assert _sub(vgg16, "classifier", nn.Linear).in_features == 512
 
 
@@ -195,3 +202,9 @@ def test_onnx_export(tmp_path: Path, name: str) -> None:
     graph = onnx.load(str(path))
     onnx.checker.check_model(graph)
     assert sum(node.op_type == "Conv" for node in graph.graph.node) == _count(model, nn.Conv2d)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = torch.randn(1, 1, 8, 8)
+    (output,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(output), model(inputs), rtol=1e-4, atol=1e-5)

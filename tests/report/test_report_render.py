@@ -6,6 +6,7 @@ import base64
 import csv
 import fcntl
 import io
+import itertools
 import json
 import os
 import re
@@ -33,7 +34,6 @@ from lpsd_search.report.data import (
     load_report,
 )
 from lpsd_search.report.html import render_report
-from lpsd_search.report.pareto import hypervolume_2d
 from lpsd_search.report.summary import print_summary
 
 CHROMIUM = shutil.which("chromium")
@@ -116,29 +116,77 @@ def test_render_report_writes_a_chart_and_a_page_next_to_pareto_json(search_dir,
     assert _pixel_spread(rendered[0]) > 10 and dark > 0.005  # axes, text and markers drawn
 
 
+def _raw(search_dir: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """pareto.json and the rows of trials.csv read with json and csv alone, not the report's
+    reader, so that expectations built from them do not share its mistakes."""
+    document = json.loads((search_dir / "pareto.json").read_text())
+    with (search_dir / "trials.csv").open(newline="") as handle:
+        return document, list(csv.DictReader(handle))
+
+
 def test_html_is_self_contained_and_exports_every_front_point(search_dir, rendered):
     page = rendered[1].read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
     assert "<script src" not in page and "stylesheet" not in page
-    document = json.loads((search_dir / "pareto.json").read_text())
-    assert document["points"]
-    for point in document["points"]:
-        assert f'id="trial-{point["trial"]}"' in page
-        assert escape(export_command(search_dir, point["trial"])) in page
+    document, rows = _raw(search_dir)
+    front = sorted(point["trial"] for point in document["points"])
+    # The front of pareto.json is the trials.csv rows flagged pareto, and it is not empty.
+    assert front == sorted(int(r["trial"]) for r in rows if r["pareto"] == "1")
+    assert len(front) >= 1
+    # One table row and one export command per front point, and none for other trials.
+    assert sorted(int(t) for t in re.findall(r'id="trial-(\d+)"', page)) == front
+    exports = re.findall(r"lpsd-search export \S+ --trial (\d+) --out trial-(\d+)\.pt", page)
+    assert sorted(int(trial) for trial, _ in exports) == front
+    assert all(trial == out for trial, out in exports)
+    for trial in front:
+        assert escape(export_command(search_dir, trial)) in page
     assert f"lpsd-search export {search_dir} --trial" in page
     for element in ("front-plot", "hypervolume-plot", "layer-table"):
-        assert f'id="{element}"' in page
+        assert page.count(f'id="{element}"') == 1
+
+
+def _dominated_area(points: list[tuple[float, float]], top_params: float) -> float:
+    """Area of the union of the rectangles [0, accuracy] × [params, top_params], by brute force.
+
+    Independent of ``hypervolume_2d``'s sweep: the plane is cut on every coordinate into cells,
+    and a cell counts once when any point's rectangle covers it.
+    """
+    inside = [(a, p) for a, p in points if a > 0 and p < top_params]
+    xs = sorted({0.0, *(a for a, _ in inside)})
+    ys = sorted({top_params, *(p for _, p in inside)})
+    area = 0.0
+    for x0, x1 in itertools.pairwise(xs):
+        for y0, y1 in itertools.pairwise(ys):
+            if any(a >= x1 and p <= y0 for a, p in inside):
+                area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+def test_dominated_area_helper_on_hand_computed_rectangles():
+    # The helper itself, checked by hand: (0.9, 500) and (0.5, 100) under 1000 give
+    # 0.9 × 500 + 0.5 × 400 = 650; (0.7, 300) adds the 0.2 × 200 = 40 step between them;
+    # (0.6, 400) lies inside (0.7, 300)'s rectangle; (0.8, 1000) and (0.0, 50) enclose nothing.
+    assert _dominated_area([(0.9, 500), (0.5, 100)], 1000) == pytest.approx(650)
+    assert _dominated_area([(0.9, 500), (0.5, 100), (0.7, 300), (0.6, 400)],
+                           1000) == pytest.approx(690)
+    assert _dominated_area([(0.8, 1000), (0.0, 50)], 1000) == 0.0
 
 
 def test_hypervolume_grows_to_that_of_the_feasible_trials(search_dir):
-    data = load_report(search_dir)
-    volumes = [volume for _, volume in hypervolume_curve(data)]
-    assert len(volumes) == len(data.trials) and volumes == sorted(volumes)
-    feasible = np.array([[r.measures["accuracy"], r.measures["params"]]
-                         for r in data.completed if r.feasible])
-    expected = hypervolume_2d(feasible, [True, False], [0.0, data.baseline["params"]])
-    assert 0 < volumes[-1] <= 1
-    assert volumes[-1] == pytest.approx(expected / data.baseline["params"])
+    document, rows = _raw(search_dir)
+    top = float(document["baseline"]["params"])
+    expected, seen = [], []
+    for row in sorted(rows, key=lambda r: int(r["trial"])):
+        if row["state"] == "COMPLETE" and row["feasible"] == "1":
+            seen.append((float(row["accuracy"]), float(row["params"])))
+        expected.append((int(row["trial"]), _dominated_area(seen, top) / top))
+    # Not vacuous: the search completed feasible trials, so the area is above zero.
+    assert len(seen) >= 1 and expected[-1][1] > 0
+    curve = hypervolume_curve(load_report(search_dir))
+    assert [trial for trial, _ in curve] == [trial for trial, _ in expected]
+    assert [volume for _, volume in curve] == pytest.approx([v for _, v in expected], rel=1e-9)
+    volumes = [volume for _, volume in curve]
+    assert volumes == sorted(volumes) and 0 < volumes[-1] <= 1
 
 
 def test_hypervolume_curve_counts_only_completed_trials_within_budget(tmp_path):
@@ -151,14 +199,48 @@ def test_hypervolume_curve_counts_only_completed_trials_within_budget(tmp_path):
                      (2, pytest.approx(0.65)), (3, pytest.approx(0.65))]
 
 
+def test_hypervolume_curve_adds_only_the_area_a_trial_newly_dominates(tmp_path):
+    # Baseline 1000 params; areas in accuracy × params, divided by 1000 at the end.
+    # trial 0 (0.9, 500): 0.9 × 500 = 450.
+    # trial 1 (0.5, 100): adds 0.5 × (500 - 100) = 200 -> 650.
+    # trial 2 (0.7, 300): adds the step (0.7 - 0.5) × (500 - 300) = 40 -> 690.
+    # trial 3 (0.6, 400): dominated by trial 2 -> 690.
+    # trial 4 (0.9, 500): a duplicate of trial 0 -> 690.
+    # trial 5 (0.95, 450): adds 0.05 × (1000 - 450) + (0.9 - 0.7) × (500 - 450) = 27.5 + 10
+    #                      -> 727.5.
+    trials = [(500, 0.9), (100, 0.5), (300, 0.7), (400, 0.6), (500, 0.9), (450, 0.95)]
+    rows = [_row(_point(number, params, accuracy))
+            for number, (params, accuracy) in enumerate(trials)]
+    curve = hypervolume_curve(load_report(_write_results(tmp_path / "run", [], rows)))
+    assert curve == [(0, pytest.approx(0.45)), (1, pytest.approx(0.65)),
+                     (2, pytest.approx(0.69)), (3, pytest.approx(0.69)),
+                     (4, pytest.approx(0.69)), (5, pytest.approx(0.7275))]
+
+
 def test_summary_shows_the_front_and_every_reachable_compression_level(search_dir):
     console = Console(record=True, width=200, file=io.StringIO())
     print_summary(search_dir, console)
     text = console.export_text()
-    assert "Pareto front" in text and "baseline" in text
-    reached = max(p["compression"] for p in load_report(search_dir).points)
+    document, rows = _raw(search_dir)
+    points = document["points"]
+    completed = sum(r["state"] == "COMPLETE" for r in rows)
+    assert f"Pareto front ({len(points)} points of {completed} completed trials" in text
+    assert "baseline" in text
+    # Budget 0.5: every front point has at most half the baseline's params, so is ≥ 2× smaller.
+    base = document["baseline"]["params"]
+    assert all(p["params"] <= base / 2 and p["compression"] >= 2 for p in points)
+    # Expected rows, from pareto.json alone: per level, the most accurate point at least that
+    # small; levels no point reaches have no row.
+    expected = {}
     for level in COMPRESSION_LEVELS:
-        assert (f"≥ {level:g}×" in text) == (level <= reached)
+        reaching = [p for p in points if base / p["params"] >= level]
+        if reaching:
+            best = max(reaching, key=lambda p: p["accuracy"])
+            expected[f"≥ {level:g}×"] = str(best["trial"])
+    assert "≥ 2×" in expected
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in text.splitlines() if "≥" in line}
+    assert lines == expected
 
 
 def test_best_point_per_level_is_the_most_accurate_at_least_that_small(tmp_path):

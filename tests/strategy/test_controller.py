@@ -1,4 +1,5 @@
-"""The controller: failed trials are recorded and skipped, dead workers cleaned up."""
+"""The controller: failed trials are recorded and skipped, the global then local stages refine
+front trials (Optuna's ``best_trials`` within a margin), dead workers are cleaned up."""
 
 from __future__ import annotations
 
@@ -7,11 +8,19 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import optuna
 
+from lpsd_search.backends import optuna as optuna_backend
 from lpsd_search.backends.optuna import run_search
 from lpsd_search.config import SearchConfig, SearchOptions, TrainConfig
-from lpsd_search.strategy.controller import completed_count, fail_dead_trials
+from lpsd_search.report.record import write_study_header
+from lpsd_search.strategy.controller import (
+    _bases,
+    choose_stage,
+    completed_count,
+    fail_dead_trials,
+)
 from lpsd_search.strategy.runner import TrialRunner
 from lpsd_search.strategy.samplers import make_sampler
 from lpsd_search.trial import evaluate
@@ -54,27 +63,47 @@ def test_a_failed_trial_is_recorded_and_does_not_count(digits, digits_model, tmp
     assert all(row["fail_reason"] == "" for i, row in enumerate(rows) if i != 1)
 
 
-def test_global_stage_then_local_refinements_of_front_trials(digits, digits_model, tmp_path):
+def test_global_stage_then_local_refinements_of_front_trials(digits, digits_model, tmp_path,
+                                                             monkeypatch):
     runner, options = _runner(digits, digits_model, tmp_path, trials=8, warm_starts=(),
                               global_share=0.5, local_share=0.25)
     study = runner.open_study(make_sampler("random", 0))
+    chosen = []  # what the controller asked of each trial, in ask order
+
+    def recording(*args, **kwargs):
+        stage, fixed, base = choose_stage(*args, **kwargs)
+        chosen.append((stage, dict(fixed), base))
+        return stage, fixed, base
+
+    monkeypatch.setattr(optuna_backend, "choose_stage", recording)
     run_search(study, runner, options.search, tmp_path)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    stages = [t.user_attrs["stage"] for t in trials]
-    assert stages == ["global"] * 4 + ["local"] * 4
+    assert [t.number for t in study.trials] == [t.number for t in trials] == list(range(8))
+    assert [t.user_attrs["stage"] for t in trials] == ["global"] * 4 + ["local"] * 4
+    assert [stage for stage, _, _ in chosen] == ["global"] * 4 + ["local"] * 4
     neutral = runner.space.neutral_local()
     for trial in trials[:4]:
         assert all(trial.params[k] == v for k, v in neutral.items())
-    for trial in trials[4:]:
+    layers = set(runner.space.allowed)
+    assert len(layers) == 4
+    differs = 0
+    for trial, (_, fixed, base_number) in zip(trials[4:], chosen[4:], strict=True):
         base = study.trials[trial.user_attrs["base_trial"]]
+        assert base.number == base_number
         # The base is an earlier finished trial (global, or a local one that reached the front).
         assert base.number < trial.number and base.user_attrs["stage"] in ("global", "local")
-        # A local trial keeps the base's global knobs and re-samples one layer (25 % of 4).
-        assert all(trial.params[k] == v for k, v in base.params.items()
-                   if k.startswith("global:"))
-        changed = {k.split(":")[0] for k, v in trial.params.items()
-                   if not k.startswith("global:") and base.params[k] != v}
-        assert len(changed) <= 1
+        # Exactly one layer (25 % of 4) is re-sampled; every other parameter, the global knobs
+        # included, is the base's.
+        free = {k.split(":")[0] for k in base.params if k not in fixed}
+        assert len(free) == 1 and free <= layers
+        assert fixed == {k: v for k, v in base.params.items() if k.split(":")[0] not in free}
+        assert all(trial.params[k] == v for k, v in fixed.items())
+        changed = {k.split(":")[0] for k, v in trial.params.items() if base.params[k] != v}
+        assert changed <= free
+        differs += bool(changed)
+    # The random sampler re-draws a layer's rank from a continuous range: a refinement that
+    # reproduced its base exactly would mean the layer was not re-sampled at all.
+    assert differs == 4
 
 
 def test_warm_starts_run_first_with_their_exact_plans(digits, digits_model, tmp_path):
@@ -85,7 +114,9 @@ def test_warm_starts_run_first_with_their_exact_plans(digits, digits_model, tmp_
     sources = [t.user_attrs["source"] for t in study.trials]
     # Five warm starts are enqueued; the fifth waits for a run with more trials.
     assert sources == ["uniform svd", "uniform tucker2", "vbmf", "alds", "alds x0.5"]
-    for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert [t.number for t in complete] == [0, 1, 2, 3]
+    for trial in complete:
         assert trial.user_attrs["plan"] == trial.user_attrs["plan_override"]
         assert trial.user_attrs["params"] <= runner.budgets[0].limit
 
@@ -110,3 +141,27 @@ def test_trials_left_running_by_a_dead_process_are_failed(tmp_path):
     assert states == {orphan.number: optuna.trial.TrialState.FAIL,
                       alive.number: optuna.trial.TrialState.RUNNING,
                       elsewhere.number: optuna.trial.TrialState.RUNNING}
+
+
+def test_local_bases_are_optuna_best_trials_within_the_margin():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    write_study_header(study, config={}, baseline={"params": 100, "accuracy": 0.9},
+                       budgets=[{"metric": "params", "limit": 60}],
+                       objectives={"objectives": [
+                           {"name": "accuracy", "key": "accuracy", "direction": "maximize"},
+                           {"name": "params", "key": "params", "direction": "minimize"}]},
+                       layers={})
+    rng = np.random.default_rng(0)
+    points = [(round(float(rng.random()), 2), int(rng.integers(20, 80))) for _ in range(30)]
+    points += [points[0], max(p for p in points if p[1] <= 60), (0.99, 61)]
+    for accuracy, params in points:
+        study.add_trial(optuna.trial.create_trial(
+            values=[accuracy, params], constraints={"params": (params - 60) / 60},
+            user_attrs={"accuracy": accuracy, "params": params, "stage": "global"}))
+    best = sorted(study.best_trials, key=lambda t: t.number)
+    assert len({tuple(t.values) for t in best}) < len(best)  # a duplicate on the front
+    top = max(t.values[0] for t in best)
+    for margin in (0.0, 0.05, 0.3, 1.0):
+        expected = [t.number for t in best if t.values[0] >= top - margin]
+        assert [t.number for t in _bases(study, margin)] == expected
+    assert len(_bases(study, 0.0)) == 2 and len(_bases(study, 1.0)) == len(best)

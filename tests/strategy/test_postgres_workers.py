@@ -72,8 +72,11 @@ def test_two_workers_share_one_study(postgres, digits_model, cache_dir, tmp_path
     with (tmp_path / "report" / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["trial"]) for r in rows] == sorted(numbers)
-    assert document["points"]
-    assert {p["trial"] for p in document["points"]} <= {t.number for t in complete}
+    assert sum(r["state"] == "COMPLETE" for r in rows) == TRIALS
+    front = sorted(p["trial"] for p in document["points"])
+    assert len(front) >= 1
+    assert front == sorted(int(r["trial"]) for r in rows if r["pareto"] == "1")
+    assert set(front) <= {t.number for t in complete}
 
 
 def test_a_second_round_tops_the_shared_study_up(postgres, digits_model, cache_dir, tmp_path):
@@ -86,6 +89,8 @@ def test_a_second_round_tops_the_shared_study_up(postgres, digits_model, cache_d
     study = optuna.load_study(study_name="shared", storage=storage)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 4
+    # No plan was evaluated twice across the two rounds.
+    assert len({json.dumps(t.user_attrs["plan"], sort_keys=True) for t in complete}) == 4
     numbers = [t.number for t in study.get_trials(deepcopy=False)]
     assert sorted(numbers) == list(range(len(numbers)))
 

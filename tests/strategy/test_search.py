@@ -141,7 +141,8 @@ def test_config_file_with_an_unknown_key_is_refused(cache_dir, tmp_path, capsys)
     config.write_text('budget = "0.3"\nrank-scale = 2\n')
     assert main(["search", "--config", str(config), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "'--rank-scale' is not an option of search" in err and len(err.splitlines()) == 1
+    assert "'rank-scale' is not an option of lpsd-search search; valid keys:" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_journal_storage_resumes(cache_dir, tmp_path):
@@ -155,11 +156,10 @@ def test_journal_storage_resumes(cache_dir, tmp_path):
     assert document["points"]
 
 
-def test_python_api_mirrors_the_cli(cache_dir, digits_model, tmp_path, monkeypatch):
-    monkeypatch.setenv("LPSD_SEARCH_CACHE", str(cache_dir))
+def test_python_api_mirrors_the_cli(cache_dir, digits_model, tmp_path):
     result = lpsd_search.search("digits-cnn", "digits", budget=0.4, trials=3,
                                 finetune_steps=10, promote_steps=0, warm_starts=("uniform",),
-                                out=tmp_path / "api", train_epochs=8)
+                                out=tmp_path / "api", train_epochs=8, cache_dir=cache_dir)
     assert result.pareto == json.loads((tmp_path / "api" / "pareto.json").read_text())["points"]
     assert [row["trial"] for row in result.trials] == ["0", "1", "2"]
     written = result.export(result.pareto[0]["trial"], tmp_path / "m.pt")

@@ -35,6 +35,14 @@ from lpsd_search.backends.ray.worker import (
     OUTCOME_KEY,
     metric_name,
 )
+from lpsd_search.report.record import (
+    FLAT,
+    RAY_TRIAL_ID,
+    failure_attrs,
+    origin_attrs,
+    placement_attrs,
+    ray_trial_id,
+)
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -42,8 +50,6 @@ if TYPE_CHECKING:
     from lpsd_search.strategy.runner import TrialRunner
 
 logger = logging.getLogger(__name__)
-
-TRIAL_ID_ATTR = "ray_trial_id"
 
 
 class StudyRecorder:
@@ -57,8 +63,9 @@ class StudyRecorder:
         self.recorded: dict[TrialState, set[str]] = {TrialState.COMPLETE: set(),
                                                      TrialState.FAIL: set()}
         for trial in study.get_trials(deepcopy=False, states=tuple(self.recorded)):
-            if TRIAL_ID_ATTR in trial.user_attrs:
-                self.recorded[trial.state].add(trial.user_attrs[TRIAL_ID_ATTR])
+            trial_id = ray_trial_id(trial)
+            if trial_id is not None:
+                self.recorded[trial.state].add(trial_id)
 
     @classmethod
     def register(cls, key: str, study: optuna.Study, runner: TrialRunner) -> StudyRecorder:
@@ -96,12 +103,12 @@ class StudyRecorder:
             return False
         distributions = self.runner.distributions()
         params = {k: v for k, v in config.items() if k in distributions}
-        attrs: dict[str, Any] = {"stage": "flat", "source": "sampled",
-                                 **dict(config.get(ATTRS_KEY) or {}), TRIAL_ID_ATTR: trial_id}
+        attrs: dict[str, Any] = {**origin_attrs(FLAT), **dict(config.get(ATTRS_KEY) or {}),
+                                 RAY_TRIAL_ID: trial_id}
         if NODE_KEY in result:
-            attrs[NODE_KEY] = attrs["worker"] = result[NODE_KEY]
+            attrs.update(placement_attrs(result[NODE_KEY]))
         if reason is not None:
-            attrs["fail_reason"] = str(reason)
+            attrs.update(failure_attrs(str(reason)))
             frozen = optuna.trial.create_trial(
                 state=TrialState.FAIL, params=params, user_attrs=attrs,
                 distributions={k: distributions[k] for k in params})

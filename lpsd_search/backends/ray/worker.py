@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from lpsd_search.errors import UserInputError
+from lpsd_search.report.record import NODE, RAY_NODE_ID
 
 if TYPE_CHECKING:
     from lpsd_search.config import SearchOptions
@@ -33,8 +34,9 @@ ATTRS_KEY = "lpsd_attrs"
 FAIL_KEY = "lpsd_fail_reason"
 CONSTRAINTS_KEY = "lpsd_constraints"
 OUTCOME_KEY = "lpsd_outcome"
-NODE_KEY = "node"
-NODE_ID_KEY = "ray_node_id"
+NODE_KEY = NODE
+"""Result key of the node label; it also lands in the trial's attributes under the same key."""
+NODE_ID_KEY = RAY_NODE_ID
 OBJECTIVE_PREFIX = "objective_"
 
 
