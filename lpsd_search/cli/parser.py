@@ -8,7 +8,7 @@ and exits with status 2.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,34 +66,27 @@ class AppendReplacingDefault(argparse.Action):
         setattr(namespace, self.dest, [*items, values])
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; valid: 0 or more")
-    return value
+def _number(convert: Callable[[str], Any], noun: str, *,
+            zero: bool) -> Callable[[str], Any]:
+    """An argparse type: ``convert``'s number, at least 0 (``zero``) or above 0."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if zero and value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is negative; valid: 0 or more")
+        if not zero and not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; valid: 0 or more")
-    return value
+_positive_int = _number(int, "a whole number", zero=True)
+_positive_float = _number(float, "a number", zero=False)
+_fraction = _number(float, "a number", zero=True)
 
 
 def _default(name: str, demo: bool = False) -> Any:

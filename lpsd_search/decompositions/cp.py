@@ -34,9 +34,9 @@ from lpsd_search.decompositions.base import (
     Compressible,
     Decomposition,
     Factors,
-    LayerGeometry,
     Rank,
 )
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.decompositions.modules import Axis, conv_stage, layer_bias, pointwise_stage
 from lpsd_search.decompositions.svd import (
     as_int_rank,

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lpsd_search.decompositions.base import LayerGeometry, Rank, get_method, prepare_weight
+from lpsd_search.decompositions.base import Rank, get_method, prepare_weight
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.errors import UserInputError
 
 __all__ = ["RULES", "EVBMFPosterior", "energy_rank", "evbmf", "fraction_rank", "suggest_rank"]

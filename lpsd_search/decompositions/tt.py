@@ -34,9 +34,9 @@ from lpsd_search.decompositions.base import (
     Compressible,
     Decomposition,
     Factors,
-    LayerGeometry,
     Rank,
 )
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.decompositions.modules import conv_stage, layer_bias, unit_conv
 from lpsd_search.decompositions.svd import leading_subspace
 from lpsd_search.decompositions.tt_layout import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lpsd_search.decompositions.base import LayerGeometry
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.errors import UserInputError
 
 __all__ = ["TTLayout", "balanced_modes", "feasible_ranks", "layout_of", "stage_costs"]

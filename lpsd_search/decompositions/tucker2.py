@@ -29,9 +29,9 @@ from lpsd_search.decompositions.base import (
     Compressible,
     Decomposition,
     Factors,
-    LayerGeometry,
     Rank,
 )
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.decompositions.modules import layer_bias, pointwise_stage, spatial_stage
 from lpsd_search.decompositions.svd import (
     channel_unfoldings,

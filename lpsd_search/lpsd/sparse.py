@@ -18,7 +18,8 @@ import math
 import torch
 from torch import nn
 
-from lpsd_search.decompositions.base import Compressible, LayerGeometry
+from lpsd_search.decompositions.base import Compressible
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.decompositions.modules import conv_stage
 from lpsd_search.errors import UserInputError
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -32,9 +32,8 @@ def layer_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
         ``{qualified name: (in_positions, out_positions)}``.
     """
     positions: dict[str, tuple[int, int]] = {}
-    handles = []
 
-    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
+    def record(name: str) -> Hook:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...],
                  output: torch.Tensor) -> None:
             assert isinstance(module, (nn.Conv2d, nn.Linear))
@@ -50,9 +49,22 @@ def layer_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
 
         return hook
 
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            handles.append(module.register_forward_hook(record(name)))
+    hooked_forward(model, example, [(module, record(name))
+                                    for name, module in model.named_modules()
+                                    if isinstance(module, (nn.Conv2d, nn.Linear))])
+    return positions
+
+
+Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]
+
+
+def hooked_forward(model: nn.Module, example: torch.Tensor,
+                   hooks: Iterable[tuple[nn.Module, Hook]]) -> None:
+    """One no-grad forward of ``model`` in eval mode with forward ``hooks`` attached.
+
+    The hooks are removed and the model's training mode restored afterwards, even on error.
+    """
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     was_training = model.training
     try:
         model.eval()
@@ -62,7 +74,6 @@ def layer_positions(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return positions
 
 
 def find_layers(model: nn.Module, example: torch.Tensor, include: str | None = None,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lpsd_search.lpsd.sparse import MASK, index_bytes
+from lpsd_search.plan.layers import hooked_forward
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,6 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
         The multiply-accumulates per sample.
     """
     total = 0
-    handles = []
     convolutions = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -107,18 +107,8 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
         else:
             total += output.numel() // batch * int(per_output)
 
-    for module in model.modules():
-        if isinstance(module, (*convolutions, nn.Linear)):
-            handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    hooked_forward(model, example, [(module, hook) for module in model.modules()
+                                    if isinstance(module, (*convolutions, nn.Linear))])
     return total
 
 

@@ -15,8 +15,9 @@ from torch import nn
 
 from lpsd_search import UserInputError
 from lpsd_search.decompositions import DECOMPOSITIONS
-from lpsd_search.decompositions.base import Decomposition, Factors, LayerGeometry, Rank, get_method
+from lpsd_search.decompositions.base import Decomposition, Factors, Rank, get_method
 from lpsd_search.decompositions.cache import FactorCache, weight_digest
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.lpsd.layer import decompose_layer
 
 # Small fits: the point is the cache, not the decomposition.

@@ -12,13 +12,13 @@ from torch import nn
 from lpsd_search import UserInputError
 from lpsd_search.decompositions.base import (
     Factors,
-    LayerGeometry,
     PreparedLayer,
     cached,
     get_method,
     prepare_weight,
 )
 from lpsd_search.decompositions.cache import FactorCache
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.lpsd.layer import decompose_layer
 from lpsd_search.procedures.allocation import ladder, layer_weight
 
