@@ -19,9 +19,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from lpsd_search.config import SAMPLERS
 from lpsd_search.errors import UserInputError
-
-SAMPLERS = ("tpe", "nsga2", "random")
 
 
 class FixingSampler(BaseSampler):
