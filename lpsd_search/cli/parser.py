@@ -21,7 +21,6 @@ from lpsd_search.config import (
     CompressConfig,
     CompressOptions,
     RayConfig,
-    TrainConfig,
 )
 from lpsd_search.options import DEMO, option_default
 
@@ -115,11 +114,35 @@ def _add_seed_device(parser: argparse.ArgumentParser) -> None:
                         help="auto (GPU when present), cpu, cuda:N")
 
 
-def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
-    def add(flag: str, **kwargs: Any) -> None:
-        name = flag[2:].replace("-", "_")
-        parser.add_argument(flag, default=_default(name, demo), **kwargs)
+def _adder(parser: argparse.ArgumentParser, demo: bool) -> Callable[..., None]:
+    """``add(flag, **kwargs)``: an option of ``parser`` whose default is the search option's."""
 
+    def add(flag: str, **kwargs: Any) -> None:
+        parser.add_argument(flag, default=_default(flag[2:].replace("-", "_"), demo), **kwargs)
+
+    return add
+
+
+def _add_training(parser: argparse.ArgumentParser, *, demo: bool, tuned: str) -> None:
+    """The fine-tune and baseline options that ``search``, ``demo`` and ``compress`` share.
+
+    Args:
+        parser: the subcommand's parser.
+        demo: take the demo's defaults.
+        tuned: what is fine-tuned, for the help text.
+    """
+    add = _adder(parser, demo)
+    add("--finetune-steps", type=_positive_int, help=f"fine-tune steps of {tuned}")
+    add("--finetune-lr", type=_positive_float, help="fine-tune learning rate (AdamW, cosine)")
+    add("--batch-size", type=_positive_int, help="fine-tune batch size")
+    add("--train-epochs", type=_positive_float,
+        help="epochs of the baseline trained when no --checkpoint is given")
+    add("--cache-dir", type=Path,
+        help="where trained baselines are cached (default ~/.cache/lpsd-search)")
+
+
+def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
+    add = _adder(parser, demo)
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML file of options (keys are the long option names); options "
                              "given on the command line win")
@@ -128,9 +151,7 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
              "parameter count (50000), or bytes=… / flops=…")
     add("--trials", type=_positive_int,
         help="completed trials the study should hold (a re-run tops it up)")
-    add("--finetune-steps", type=_positive_int, help="fine-tune steps of every trial")
-    add("--finetune-lr", type=_positive_float, help="fine-tune learning rate (AdamW, cosine)")
-    add("--batch-size", type=_positive_int, help="fine-tune batch size")
+    _add_training(parser, demo=demo, tuned="every trial")
     add("--distill", type=float, metavar="ALPHA",
         help="knowledge-distillation weight from the dense model (0 = off)")
     add("--distill-temperature", type=_positive_float, help="distillation temperature")
@@ -156,10 +177,6 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     add("--storage", help="Optuna storage URL: sqlite:///FILE (default OUT/study.db), "
                           "postgresql://…, journal:FILE")
     add("--study", help="study name in the storage")
-    add("--train-epochs", type=_positive_float,
-        help="epochs of the baseline trained when no --checkpoint is given")
-    add("--cache-dir", type=Path,
-        help="where trained baselines are cached (default ~/.cache/lpsd-search)")
     parser.add_argument("--no-report", action="store_true",
                         help="skip pareto.png / report.html at the end")
 
@@ -193,16 +210,7 @@ def _add_compress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-passes", type=_positive_int,
                         default=CompressConfig.local_passes,
                         help="ALPSD local-selection passes over the layers (0 skips it)")
-    parser.add_argument("--finetune-steps", type=_positive_int, default=TrainConfig.steps,
-                        help="fine-tune steps after compressing")
-    parser.add_argument("--finetune-lr", type=_positive_float, default=TrainConfig.lr,
-                        help="fine-tune learning rate")
-    parser.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size,
-                        help="fine-tune batch size")
-    parser.add_argument("--train-epochs", type=_positive_float, default=BaselineConfig.epochs,
-                        help="epochs of the baseline trained when no --checkpoint is given")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where trained baselines are cached")
+    _add_training(parser, demo=False, tuned="the compressed model")
     parser.add_argument("--out", type=Path, default=CompressOptions.out,
                         help="folder for plan.json")
 

@@ -65,7 +65,7 @@ def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
         set_promoted(study, number, outcome.measured)
         done.append(number)
         if config.save_models and outcome.model is not None:
-            runner.save_model(number, outcome.model, {**outcome.attrs, "promoted": True})
+            runner.save_model(number, outcome.model, outcome.attrs)
         write_results(study, out_dir)
     if config.save_models:
         prune_models(out_dir, front_numbers(study))
