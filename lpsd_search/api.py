@@ -14,13 +14,19 @@ Example:
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lpsd_search.backends.optuna import search as run_search
-from lpsd_search.config import BaselineConfig, SearchConfig, SearchOptions, TrainConfig
+from lpsd_search.config import (
+    BaselineConfig,
+    RuntimeConfig,
+    SearchConfig,
+    SearchOptions,
+    TrainConfig,
+)
 from lpsd_search.options import search_options
 
 
@@ -47,11 +53,17 @@ class SearchResult:
         with (self.out / "trials.csv").open(newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
 
-    def export(self, trial: int, path: str | Path) -> list[Path]:
-        """Write a front trial's model (``.pt``) and its ``torch.export`` program (``.pt2``)."""
+    def export(self, trial: int, path: str | Path, *, trust_model_spec: bool = False,
+               model_factory: Callable[..., Any] | None = None) -> list[Path]:
+        """Write a front trial's model (``.pt``) and its ``torch.export`` program (``.pt2``).
+
+        A search of a user's model (``nets.py:build``) needs ``model_factory`` or
+        ``trust_model_spec=True`` to rebuild it, as for ``lpsd_search.load``.
+        """
         from lpsd_search.trial.export import export_trial
 
-        return export_trial(self.out, trial, Path(path))
+        return export_trial(self.out, trial, Path(path), model_factory=model_factory,
+                            trust_model_spec=trust_model_spec)
 
 
 CLI_ONLY: tuple[str, ...] = ("config", "no_report", "backend", "ray_address", "cpus_per_trial",
@@ -86,7 +98,12 @@ def search(model: str = SearchOptions.model, data: str = SearchOptions.data, *,
            study: str = SearchConfig.study_name,
            train_epochs: float = BaselineConfig.epochs,
            device: str = SearchOptions.device,
-           cache_dir: str | Path | None = None) -> SearchResult:
+           cache_dir: str | Path | None = None,
+           precision: str = RuntimeConfig.precision,
+           channels_last: str = RuntimeConfig.channels_last,
+           compile: bool = RuntimeConfig.compile,
+           threads: int | None = None,
+           workers: int = RuntimeConfig.workers) -> SearchResult:
     """Run (or continue) a search; every argument is the ``lpsd-search search`` option of the
     same name, with the same default (the dataclasses' of ``lpsd_search.config``).
 
@@ -122,12 +139,21 @@ def search(model: str = SearchOptions.model, data: str = SearchOptions.data, *,
         train_epochs: epochs of the baseline trained when no checkpoint is given.
         device: ``auto``, ``cpu`` or ``cuda:N``.
         cache_dir: where trained baselines are cached (None: ``~/.cache/lpsd-search``).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast of fine-tune and
+            evaluation; ``auto`` is bf16 on AMX/AVX512-BF16 CPUs, fp32 elsewhere).
+        channels_last: ``auto`` (on the CPU, off on CUDA), ``on`` or ``off``.
+        compile: ``torch.compile`` each compressed model for its fine-tune.
+        threads: CPU threads per process (None: derived from the free cores and ``workers``).
+        workers: trials run at once, one process each, on the same device and study.
 
     Returns:
         The result, read from the files the search wrote.
 
     Raises:
-        UserInputError: an invalid option (one line naming it and what is valid).
+        UserInputError: an invalid option (one line naming it and what is valid), or an ``out``
+            holding another study's results.
+        RunFault: the run could not go on (disk full, storage lost, trials failing in a row);
+            finished trials are kept and the same call continues.
     """
     options = search_options(**locals())
     return SearchResult(options.out, run_search(options))

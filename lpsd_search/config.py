@@ -7,6 +7,8 @@ imports nothing but the error type, so every layer can take its settings from he
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -18,6 +20,32 @@ def _check(ok: bool, what: str, value: object, valid: str) -> None:
     """Raise the one-line error ``<what> <value> is invalid; valid: <valid>`` unless ``ok``."""
     if not ok:
         raise UserInputError(f"{what} {value!r} is invalid; valid: {valid}")
+
+
+MAX_SEED = 2**31 - 1
+"""The largest seed: every seeded generator takes it (Optuna's samplers stop at 2**32 − 1, and a
+worker on a shared storage adds an offset below 2**20 to its sampler's seed)."""
+
+
+def _real(what: str, value: float, low: float, high: float = math.inf, *,
+          open_low: bool = False, open_high: bool = False) -> None:
+    """Check a finite number from ``low`` to ``high`` (``open_*``: the bound is excluded)."""
+    # NaN and infinities pass a bare comparison on one side, so finiteness is checked first.
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value) and (low < value if open_low else low <= value)
+          and (value < high if open_high else value <= high))
+    valid = (f"a finite number {'>' if open_low else '≥'} {low:g}" if high == math.inf else
+             f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}")
+    _check(ok, what, value, valid)
+
+
+def _count(what: str, value: int, low: int, high: int | None = None) -> None:
+    """Check a whole number (not a bool) from ``low`` to ``high``."""
+    ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value
+          and (high is None or value <= high))
+    _check(ok, what, value,
+           f"a whole number, {low} or more" if high is None else f"a whole number in [{low}, "
+           f"{high}]")
 
 
 @dataclass(frozen=True)
@@ -44,14 +72,52 @@ class TrainConfig:
     distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 0, "fine-tune steps", self.steps, "0 or more")
-        _check(self.lr > 0, "learning rate", self.lr, "> 0")
-        _check(self.batch_size >= 1, "batch size", self.batch_size, "1 or more")
-        _check(self.weight_decay >= 0, "weight decay", self.weight_decay, "0 or more")
-        _check(0.0 <= self.distill_alpha <= 1.0, "distillation weight", self.distill_alpha,
-               "a float in [0, 1]")
-        _check(self.distill_temperature > 0, "distillation temperature",
-               self.distill_temperature, "> 0")
+        # 0 steps is allowed: the trials are then measured as built, without a fine-tune.
+        _count("--finetune-steps", self.steps, 0)
+        _real("--finetune-lr", self.lr, 0, open_low=True)
+        _count("--batch-size", self.batch_size, 1)
+        _real("weight decay", self.weight_decay, 0)
+        _count("--seed", self.seed, 0, MAX_SEED)
+        _real("--distill", self.distill_alpha, 0, 1)
+        _real("--distill-temperature", self.distill_temperature, 0, open_low=True)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SWITCHES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How trials use the hardware (``trial.runtime.resolve_runtime`` decides each ``auto``).
+
+    Attributes:
+        precision: autocast precision of fine-tuning and evaluation (``auto``: bf16 on CPUs
+            with AMX or AVX512-BF16, fp32 elsewhere, CUDA included, where small trials are
+            launch-bound); master weights and decompositions stay fp32.
+        channels_last: channels-last memory format (``auto``: on the CPU, where it measured
+            faster, off on CUDA).
+        compile: wrap each compressed model in ``torch.compile`` for its fine-tune (off by
+            default: on the measured models its compile time outweighed what it saved).
+        threads: intra-op CPU threads per process; None derives them from the cores available
+            and the number of workers.
+        workers: trials run at once by this command, each in its own process on the same
+            device and storage (several small trials fill a GPU that one leaves idle).
+    """
+
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    threads: int | None = None
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.precision in PRECISIONS, "--precision", self.precision,
+               ", ".join(PRECISIONS))
+        _check(self.channels_last in SWITCHES, "--channels-last", self.channels_last,
+               ", ".join(SWITCHES))
+        if self.threads is not None:
+            _count("--threads", self.threads, 1)
+        _count("--workers", self.workers, 1, 64)
 
 
 @dataclass(frozen=True)
@@ -73,10 +139,12 @@ class BaselineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, "baseline epochs", self.epochs, "> 0")
-        _check(self.lr > 0, "baseline learning rate", self.lr, "> 0")
-        _check(self.batch_size >= 1, "baseline batch size", self.batch_size, "1 or more")
-        _check(self.weight_decay >= 0, "baseline weight decay", self.weight_decay, "0 or more")
+        _real("baseline epochs (--train-epochs, train --epochs)", self.epochs, 0,
+              open_low=True)
+        _real("baseline learning rate", self.lr, 0, open_low=True)
+        _count("baseline batch size", self.batch_size, 1)
+        _real("baseline weight decay", self.weight_decay, 0)
+        _count("--seed", self.seed, 0, MAX_SEED)
 
 
 Procedure = Literal["lpsd", "alpsd", "lowrank"]
@@ -105,14 +173,15 @@ class CompressConfig:
         if self.procedure not in PROCEDURES:
             raise UserInputError(f"unknown procedure {self.procedure!r}; valid: "
                                  f"{', '.join(PROCEDURES)}")
-        _check(0.0 <= self.sparse_share < 1.0, "sparse share", self.sparse_share,
-               "a float in [0, 1)")
-        _check(self.local_passes >= 0, "local passes", self.local_passes, "0 or more")
-        _check(0.0 < self.local_step < 1.0, "local step", self.local_step, "(0, 1)")
+        _real("--sparse-share", self.sparse_share, 0, 1, open_high=True)
+        _count("--local-passes", self.local_passes, 0)
+        _real("local step", self.local_step, 0, 1, open_low=True, open_high=True)
 
 
 STRATEGIES = ("global-local", "flat")
 SAMPLERS = ("tpe", "nsga2", "random")
+WARM_STARTS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
+"""The heuristics a search can run first (``strategy.warm_starts`` builds their plans)."""
 
 
 PROMOTE_FACTOR = 3
@@ -148,7 +217,7 @@ class SearchConfig:
     seed: int = 0
     storage: str | None = None
     study_name: str = "lpsd-search"
-    warm_starts: tuple[str, ...] = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
+    warm_starts: tuple[str, ...] = WARM_STARTS
     sampler: str = "tpe"
     strategy: str = "global-local"
     global_share: float = 0.4
@@ -159,20 +228,29 @@ class SearchConfig:
     base_margin: float = 0.02
 
     def __post_init__(self) -> None:
-        _check(self.trials >= 0, "trials", self.trials, "0 or more")
-        _check(self.seed >= 0, "seed", self.seed, "0 or more")
+        # A study that should hold no trial would run nothing and report an empty front.
+        _count("--trials", self.trials, 1)
+        _count("--seed", self.seed, 0, MAX_SEED)
+        _check(self.storage is None or _text(self.storage), "--storage", self.storage,
+               "a storage URL such as sqlite:///FILE, or none for OUT/study.db")
+        _check(_text(self.study_name), "--study", self.study_name, "a non-empty name")
+        unknown = [name for name in self.warm_starts if name not in WARM_STARTS]
+        if unknown:
+            raise UserInputError(f"unknown warm start {unknown[0]!r}; valid: "
+                                 f"{', '.join(WARM_STARTS)}")
         if self.strategy not in STRATEGIES:
             raise UserInputError(f"unknown strategy {self.strategy!r}; valid: "
                                  f"{', '.join(STRATEGIES)}")
         if self.sampler not in SAMPLERS:
             raise UserInputError(f"unknown sampler {self.sampler!r}; valid: "
                                  f"{', '.join(SAMPLERS)}")
-        _check(0.0 <= self.global_share <= 1.0, "global share", self.global_share, "[0, 1]")
-        _check(0.0 < self.local_share <= 1.0, "local share", self.local_share, "(0, 1]")
-        _check(self.promote_steps is None or self.promote_steps >= 0, "promote steps",
-               self.promote_steps, "None (automatic), 0 (no promotion) or more")
-        _check(self.promote_margin >= 0, "promote margin", self.promote_margin, "0 or more")
-        _check(self.base_margin >= 0, "base margin", self.base_margin, "0 or more")
+        _real("--global-share", self.global_share, 0, 1)
+        _real("local share", self.local_share, 0, 1, open_low=True)
+        if self.promote_steps is not None:  # None: automatic
+            _count("--promote-steps", self.promote_steps, 0)
+        # Margins are in units of validation accuracy, which lies in [0, 1].
+        _real("--promote-margin", self.promote_margin, 0, 1)
+        _real("base margin", self.base_margin, 0, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +271,7 @@ class SearchOptions:
             automatic ``promote_steps`` is resolved against ``finetune.steps`` here.
         baseline: recipe used when no checkpoint is given.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        runtime: precision, memory format, compilation and threads of the trials.
         cache_dir: where trained baselines are cached (None: the default cache).
     """
 
@@ -208,17 +287,24 @@ class SearchOptions:
     search: SearchConfig = field(default_factory=SearchConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     device: str = "auto"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.budgets or not all(self.budgets):
             raise UserInputError("--budget is required; valid: --budget 0.1 (a fraction of the "
                                  "baseline's parameters), --budget 50000, --budget flops=0.3")
+        _check_specs(self.model, self.data, self.device)
         if self.latency_batch is not None:
-            _check(self.latency_batch >= 1, "latency batch", self.latency_batch, "1 or more")
+            _count("--latency-batch", self.latency_batch, 1)
         if self.search.promote_steps is None:
             steps = PROMOTE_FACTOR * self.finetune.steps
             object.__setattr__(self, "search", replace(self.search, promote_steps=steps))
+        promote = self.search.promote_steps
+        # Promotion is a longer fine-tune of the front; a shorter one would report worse
+        # numbers as the promoted ones.
+        _check(not promote or promote > self.finetune.steps, "--promote-steps", promote,
+               f"0 (no promotion) or more than --finetune-steps ({self.finetune.steps})")
 
     @property
     def budgets(self) -> tuple[str, ...]:
@@ -238,8 +324,26 @@ class CompressOptions:
     finetune: TrainConfig = field(default_factory=TrainConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     device: str = SearchOptions.device
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     cache_dir: Path | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(_text(self.budget), "--budget", self.budget,
+               "a fraction of the baseline's parameters (0.05) or a count (50000)")
+        _check_specs(self.model, self.data, self.device)
+        _count("--seed", self.seed, 0, MAX_SEED)
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _check_specs(model: str, data: str, device: str) -> None:
+    """The model, data and device specs are non-empty strings (their meaning is checked where
+    they are used: ``models.zoo``, ``data.splits``, ``trial.device``)."""
+    for option, value in (("--model", model), ("--data", data), ("--device", device)):
+        _check(_text(value), option, value, "a non-empty spec (see --help)")
 
 
 BACKENDS = ("optuna", "ray")
@@ -265,8 +369,11 @@ class RayConfig:
     max_failures: int = 1
 
     def __post_init__(self) -> None:
-        _check(self.cpus_per_trial > 0, "--cpus-per-trial", self.cpus_per_trial, "> 0")
-        _check(self.gpus_per_trial >= 0, "--gpus-per-trial", self.gpus_per_trial, "0 or more")
+        finite = [math.isfinite(value) for value in (self.cpus_per_trial, self.gpus_per_trial)]
+        _check(finite[0] and self.cpus_per_trial > 0, "--cpus-per-trial", self.cpus_per_trial,
+               "> 0")
+        _check(finite[1] and self.gpus_per_trial >= 0, "--gpus-per-trial", self.gpus_per_trial,
+               "0 or more")
         _check(self.max_concurrent >= 1, "--max-concurrent", self.max_concurrent, "1 or more")
         _check(self.max_failures >= 0, "max failures", self.max_failures, "0 or more")
 

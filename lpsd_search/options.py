@@ -14,6 +14,7 @@ from typing import Any
 
 from lpsd_search.config import (
     BaselineConfig,
+    RuntimeConfig,
     SearchConfig,
     SearchOptions,
     TrainConfig,
@@ -47,6 +48,11 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "storage": ("search.storage",),
     "study": ("search.study_name",),
     "train_epochs": ("baseline.epochs",),
+    "precision": ("runtime.precision",),
+    "channels_last": ("runtime.channels_last",),
+    "compile": ("runtime.compile",),
+    "threads": ("runtime.threads",),
+    "workers": ("runtime.workers",),
 }
 """The options of a search (``lpsd-search search``'s dests, ``lpsd_search.search``'s parameters)
 and the ``SearchOptions`` fields each sets (``section.field``). ``no_warm_start`` (no warm
@@ -73,6 +79,7 @@ parameters, a shorter fine-tune so that 20 trials fit in minutes, and a shorter 
 
 _SECTIONS: dict[str, type[Any]] = {
     "finetune": TrainConfig, "search": SearchConfig, "baseline": BaselineConfig,
+    "runtime": RuntimeConfig,
 }
 
 

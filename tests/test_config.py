@@ -20,6 +20,7 @@ from lpsd_search.config import (
     BaselineConfig,
     CompressConfig,
     CompressOptions,
+    RuntimeConfig,
     SearchConfig,
     SearchOptions,
     TrainConfig,
@@ -34,7 +35,8 @@ from lpsd_search.options import (
     search_options,
 )
 
-SECTIONS = {"finetune": TrainConfig, "search": SearchConfig, "baseline": BaselineConfig}
+SECTIONS = {"finetune": TrainConfig, "search": SearchConfig, "baseline": BaselineConfig,
+            "runtime": RuntimeConfig}
 
 
 def _field_paths() -> set[str]:
@@ -188,7 +190,7 @@ def test_config_values_become_defaults_and_the_command_line_wins(tmp_path):
 @pytest.mark.parametrize(("text", "message"), [
     ('budget = "0.3"\nrank-scale = 2\n', "'rank-scale' is not an option of lpsd-search search;"
                                          " valid keys: model, data, seed"),
-    ("trials = -3\n", "trials = -3: '-3' is negative; valid: 0 or more"),
+    ("trials = -3\n", "trials = -3: '-3' must be > 0"),
     ("trials = 2.5\n", "is not a whole number"),
     ('sampler = "cmaes"\n', "invalid choice; valid: tpe, nsga2, random"),
     ('no-warm-start = "yes"\n', "valid: true or false"),

@@ -8,17 +8,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lpsd_search.cli.parser import build_parser
-from lpsd_search.errors import UserInputError
+from lpsd_search.errors import RunFault, UserInputError
 
 if TYPE_CHECKING:
-    from lpsd_search.config import SearchOptions
+    from lpsd_search.config import RuntimeConfig, SearchOptions
 
 logger = logging.getLogger("lpsd_search")
+
+def _runtime_config(args: argparse.Namespace) -> RuntimeConfig:
+    from lpsd_search.config import RuntimeConfig
+
+    return RuntimeConfig(precision=args.precision, channels_last=args.channels_last,
+                         compile=args.compile, threads=args.threads)
+
 
 def _train(args: argparse.Namespace) -> None:
     from lpsd_search.config import BaselineConfig
@@ -26,12 +34,16 @@ def _train(args: argparse.Namespace) -> None:
     from lpsd_search.models.checkpoint import save_checkpoint
     from lpsd_search.trial.baseline import train_baseline
     from lpsd_search.trial.device import resolve_device
+    from lpsd_search.trial.preflight import check_output_file
+    from lpsd_search.trial.runtime import resolve_runtime
 
+    check_output_file(args.out)  # now, not after the training whose weights it would lose
     device = resolve_device(args.device)
+    runtime = resolve_runtime(_runtime_config(args), device)
     data = load_data(args.data, seed=args.seed)
     config = BaselineConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             seed=args.seed)
-    model, scores = train_baseline(args.model, data, config, device)
+    model, scores = train_baseline(args.model, data, config, device, runtime=runtime)
     save_checkpoint(args.out, model, model_spec=args.model, data_spec=data.spec,
                     meta={**scores, "epochs": args.epochs, "lr": args.lr, "seed": args.seed})
     print(f"saved {args.out}: validation accuracy {scores['accuracy']:.4f}, "
@@ -52,7 +64,8 @@ def _compress(args: argparse.Namespace) -> None:
         finetune=TrainConfig(steps=args.finetune_steps, lr=args.finetune_lr,
                              batch_size=args.batch_size, seed=args.seed),
         baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
-        device=args.device, cache_dir=args.cache_dir, seed=args.seed,
+        device=args.device, runtime=_runtime_config(args), cache_dir=args.cache_dir,
+        seed=args.seed,
     )
     document = run_compress(options)
     base, result = document["baseline"], document["compressed"]
@@ -88,6 +101,10 @@ def _run_ray(args: argparse.Namespace, options: SearchOptions) -> dict[str, Any]
     from lpsd_search.backends.ray.driver import run_ray_search
     from lpsd_search.config import RayConfig
 
+    if options.runtime.workers > 1:
+        raise UserInputError(f"--workers {options.runtime.workers} is for the Optuna backend; "
+                             "valid with --backend ray: --max-concurrent N (and a fractional "
+                             "--gpus-per-trial to share a GPU)")
     config = RayConfig(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)
     return run_ray_search(options, config)
@@ -115,8 +132,11 @@ def _report(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from lpsd_search.trial.export import export_trial
+    from lpsd_search.trial.preflight import check_output_file
 
-    written = export_trial(args.dir, args.trial, args.out)
+    check_output_file(args.out)
+    written = export_trial(args.dir, args.trial, args.out,
+                           trust_model_spec=args.trust_model_spec)
     print("wrote " + ", ".join(str(path) for path in written))
 
 
@@ -163,7 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _search(args)
     except UserInputError as error:
         print(f"lpsd-search: error: {error}", file=sys.stderr)
+        if args.debug:  # where it was raised, and the user's own exception it may wrap
+            traceback.print_exc()
         return 2
+    except RunFault as error:  # a fault of the run, not of its input: one line, status 1
+        kept = f" in {args.out}" if getattr(args, "out", None) else ""
+        print(f"lpsd-search: {error}; finished trials are kept{kept}, re-run the same command "
+              "to continue", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lpsd-search: interrupted; finished trials are kept, re-run to continue",
               file=sys.stderr)

@@ -8,15 +8,19 @@ and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from lpsd_search.config import (
     BACKENDS,
+    MAX_SEED,
+    PRECISIONS,
     PROCEDURES,
     SAMPLERS,
     STRATEGIES,
+    SWITCHES,
     BaselineConfig,
     CompressConfig,
     CompressOptions,
@@ -50,7 +54,10 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         # argparse prints the whole usage block; one line that names the fix is easier to read.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        # Every error starts "lpsd-search: error:", a subcommand's too (its prog has two words).
+        program, _, command = self.prog.partition(" ")
+        where = f"{command}: " if command else ""
+        self.exit(2, f"{program}: error: {where}{message} (see {self.prog} --help)\n")
 
 
 class AppendReplacingDefault(argparse.Action):
@@ -65,27 +72,38 @@ class AppendReplacingDefault(argparse.Action):
         setattr(namespace, self.dest, [*items, values])
 
 
-def _number(convert: Callable[[str], Any], noun: str, *,
-            zero: bool) -> Callable[[str], Any]:
-    """An argparse type: ``convert``'s number, at least 0 (``zero``) or above 0."""
+def _number(convert: Callable[[str], Any], noun: str, *, zero: bool,
+            most: float | None = None, below: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``convert``'s finite number, at least 0 (``zero``) or above 0, and at
+    most ``most`` (below it with ``below``)."""
 
     def parse(text: str) -> Any:
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        # float() reads "nan" and "inf"; NaN passes every comparison below unnoticed.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if zero and value < 0:
             raise argparse.ArgumentTypeError(f"{text!r} is negative; valid: 0 or more")
         if not zero and not value > 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        if most is not None and (value >= most if below else value > most):
+            bound = f"below {most:g}" if below else f"at most {most:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} is too large; valid: {bound}")
         return value
 
     return parse
 
 
 _positive_int = _number(int, "a whole number", zero=True)
+_count = _number(int, "a whole number", zero=False)
+_seed = _number(int, "a whole number", zero=True, most=MAX_SEED)
 _positive_float = _number(float, "a number", zero=False)
 _fraction = _number(float, "a number", zero=True)
+_share = _number(float, "a number", zero=True, most=1.0)
+_part = _number(float, "a number", zero=True, most=1.0, below=True)
 
 
 def _default(name: str, demo: bool = False) -> Any:
@@ -108,7 +126,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_seed_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=_positive_int, default=_default("seed"),
+    parser.add_argument("--seed", type=_seed, default=_default("seed"),
                         help="seeds the sampler, the fine-tunes and the baseline")
     parser.add_argument("--device", default=_default("device"),
                         help="auto (GPU when present), cpu, cuda:N")
@@ -134,11 +152,28 @@ def _add_training(parser: argparse.ArgumentParser, *, demo: bool, tuned: str) ->
     add = _adder(parser, demo)
     add("--finetune-steps", type=_positive_int, help=f"fine-tune steps of {tuned}")
     add("--finetune-lr", type=_positive_float, help="fine-tune learning rate (AdamW, cosine)")
-    add("--batch-size", type=_positive_int, help="fine-tune batch size")
+    add("--batch-size", type=_count, help="fine-tune batch size")
     add("--train-epochs", type=_positive_float,
         help="epochs of the baseline trained when no --checkpoint is given")
     add("--cache-dir", type=Path,
         help="where trained baselines are cached (default ~/.cache/lpsd-search)")
+    _add_runtime(parser)
+
+
+def _add_runtime(parser: argparse.ArgumentParser) -> None:
+    """How trials (and a trained baseline) use the hardware."""
+    add = _adder(parser, False)
+    add("--precision", choices=PRECISIONS,
+        help="autocast precision of training and evaluation (auto: bf16 on AMX/AVX512-BF16 "
+             "CPUs, else fp32 with TF32 on CUDA; large models on a GPU want bf16); weights "
+             "and factors stay fp32")
+    add("--channels-last", choices=SWITCHES,
+        help="channels-last memory format (auto: on the CPU, off on CUDA)")
+    parser.add_argument("--compile", action="store_true", default=_default("compile"),
+                        help="torch.compile each compressed model for its fine-tune")
+    add("--threads", type=_count,
+        help="CPU threads per process (default: the cores other jobs leave free, split "
+             "between --workers)")
 
 
 def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
@@ -149,31 +184,34 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     add("--budget", action=AppendReplacingDefault,
         help="hard budget, repeatable: a fraction of the baseline's parameters (0.1), a "
              "parameter count (50000), or bytes=… / flops=…")
-    add("--trials", type=_positive_int,
+    add("--trials", type=_count,
         help="completed trials the study should hold (a re-run tops it up)")
     _add_training(parser, demo=demo, tuned="every trial")
-    add("--distill", type=float, metavar="ALPHA",
+    add("--distill", type=_share, metavar="ALPHA",
         help="knowledge-distillation weight from the dense model (0 = off)")
     add("--distill-temperature", type=_positive_float, help="distillation temperature")
     add("--space", help="search-space preset (default, svd, tucker-vbmf, mtd, lpsd, alpsd, "
                         "all) or TOML file")
     add("--objectives", help="objectives preset (default, bytes, flops, latency, loss, "
                              "size-and-speed), TOML file, or a list such as accuracy,flops")
-    add("--latency-batch", type=_positive_int,
+    add("--latency-batch", type=_count,
         help="batch size of the measured latency objective")
     add("--sampler", choices=SAMPLERS, help="Optuna sampler")
     add("--strategy", choices=STRATEGIES,
         help="global knobs first, then per-layer refinements; or flat")
-    add("--global-share", type=float, help="share of the trials in the global stage")
+    add("--global-share", type=_share, help="share of the trials in the global stage")
     add("--warm-starts", help="heuristic plans run first (comma list; those the space cannot "
                               "express are skipped)")
     parser.add_argument("--no-warm-start", action="store_true", help="no warm starts")
     add("--promote-steps", type=_positive_int,
         help="fine-tune steps of the trials promoted at the end; 0 disables promotion "
              "(default: 3× --finetune-steps)")
-    add("--promote-margin", type=float,
+    add("--promote-margin", type=_share,
         help="promote trials within this validation accuracy of the front")
     add("--out", type=Path, help="results folder")
+    add("--workers", type=_count,
+        help="trials run at once, one process each, on the same device and study (several "
+             "small trials fill a GPU that one leaves idle)")
     add("--storage", help="Optuna storage URL: sqlite:///FILE (default OUT/study.db), "
                           "postgresql://…, journal:FILE")
     add("--study", help="study name in the storage")
@@ -187,9 +225,10 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
                         help="passes over the training split")
     parser.add_argument("--lr", type=_positive_float, default=BaselineConfig.lr,
                         help="peak learning rate (AdamW, cosine)")
-    parser.add_argument("--batch-size", type=_positive_int, default=BaselineConfig.batch_size,
+    parser.add_argument("--batch-size", type=_count, default=BaselineConfig.batch_size,
                         help="examples per step")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    _add_runtime(parser)
 
 
 def _add_compress(parser: argparse.ArgumentParser) -> None:
@@ -205,7 +244,7 @@ def _add_compress(parser: argparse.ArgumentParser) -> None:
                              "or this many parameters (50000)")
     parser.add_argument("--low-rank", default=CompressConfig.low_rank,
                         help="low-rank method of the L part (alds as in the paper)")
-    parser.add_argument("--sparse-share", type=float, default=CompressConfig.sparse_share,
+    parser.add_argument("--sparse-share", type=_part, default=CompressConfig.sparse_share,
                         help="share of the compressible layers' budget spent on sparse entries")
     parser.add_argument("--local-passes", type=_positive_int,
                         default=CompressConfig.local_passes,
@@ -221,6 +260,8 @@ def build_parser() -> CommandParser:
         "Budget-aware search over per-layer tensor decompositions plus sparse residuals."))
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    parser.add_argument("--debug", action="store_true",
+                        help="print an error's traceback too (errors are one line without it)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
@@ -256,6 +297,10 @@ def build_parser() -> CommandParser:
     export.add_argument("dir", type=Path, help="results folder of a search")
     export.add_argument("--trial", type=_positive_int, required=True, help="trial number")
     export.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
+    export.add_argument("--trust-model-spec", action="store_true",
+                        help="rebuild the model from the spec saved in the file even when it "
+                             "names a Python file or module (runs that code: only for results "
+                             "you trust)")
     return parser
 
 

@@ -106,6 +106,13 @@ class ImageTensorDataset(Dataset[Sample]):
         """All images normalised as one float tensor ``(N, C, H, W)``, and the labels."""
         return _normalise(self.images, self.mean, self.std), self.labels
 
+    def normaliser(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+        """Normalises rows of ``self.images`` moved to ``device`` as every read does; the
+        statistics go to the device once, here, not with every batch (each such copy would
+        make the host wait for the GPU)."""
+        mean, std = self.mean.to(device), self.std.to(device)
+        return lambda images: _normalise(images, mean, std)
+
 
 class NormalisedDataset(Dataset[Sample]):
     """Wraps a dataset of raw ``uint8`` images and normalises each one when read."""
@@ -170,10 +177,22 @@ def _check_non_empty(spec: str, sizes: dict[str, int]) -> None:
             )
 
 
+def _check_classes(spec: str, labels: np.ndarray) -> None:
+    """Refuse data with fewer than two classes: every model would score 100 % on it, and the
+    search would report a meaningless front."""
+    present = len(np.unique(labels))
+    if present < 2:
+        raise UserInputError(
+            f"data {spec!r} holds images of {present} class{'' if present == 1 else 'es'}; "
+            "valid: two classes or more (for imagefolder, one subfolder of images per class)"
+        )
+
+
 def _tensor_splits(
     spec: str, arrays: tuple[np.ndarray, ...], num_classes: int, seed: int, val_size: int
 ) -> DataSplits:
     """Carve validation out of training, normalise, and wrap as in-memory datasets."""
+    _check_classes(spec, arrays[1])
     train_x, train_y, test_x, test_y = (torch.from_numpy(array) for array in arrays)
     n_val = min(val_size, len(train_y) // 10)
     train_idx, val_idx = stratified_split(train_y.numpy(), [len(train_y) - n_val, n_val], seed)
@@ -262,6 +281,7 @@ def _load_image_folder(
     train_folder = folders.pop(present[0])
     missing = [name for name in ("val", "test") if name not in folders]
     targets = np.asarray(train_folder.targets)
+    _check_classes(spec, targets)
     counts = _fraction_counts(len(targets), [0.7] + [0.15] * len(missing))
     pieces = stratified_split(targets, counts, seed)
     raw: dict[str, Dataset[tuple[Tensor, int]]] = {

@@ -6,6 +6,8 @@ A checkpoint is a plain dict written with ``torch.save``::
      "data_spec": "digits", "meta": {...JSON values...}, "state_dict": {...tensors...}}
 
 It holds only tensors and JSON values, so it loads with ``weights_only=True`` (no code runs).
+Its ``model_spec`` is data too: whoever rebuilds the model decides whether a spec naming a
+user's file or module may be imported (``lpsd_search.load`` refuses unless told to trust it).
 A bare ``state_dict`` saved by other tools is accepted too.
 
 Example:
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from lpsd_search.errors import UserInputError
+from lpsd_search.models.zoo import absolute_model_spec
 
 CHECKPOINT_FORMAT = "lpsd-search-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -45,7 +48,9 @@ def save_checkpoint(
     """Write ``model``'s weights and the specs that rebuild it to ``path``, atomically.
 
     The file is written next to its destination and moved into place with ``os.replace``, so
-    a crash leaves either the old file or the new one, never half of one.
+    a crash leaves either the old file or the new one, never half of one. A relative file path
+    in ``model_spec`` (``nets/mine.py:build``) is stored absolute, so the file loads from any
+    working directory.
 
     Raises:
         TypeError: ``meta`` holds a value that is not plain JSON.
@@ -58,7 +63,7 @@ def save_checkpoint(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "model_spec": model_spec,
+        "model_spec": absolute_model_spec(model_spec),
         "data_spec": data_spec,
         "meta": plain_meta,
         "state_dict": model.state_dict(),

@@ -6,6 +6,7 @@ multiplier, so a search can start from a model sized to the data set.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -22,8 +23,10 @@ _MIN_CHANNELS = 8
 
 def scaled_channels(channels: int, width: float) -> int:
     """``channels * width`` rounded, but at least 8 so no layer collapses."""
-    if not width > 0:
-        raise UserInputError(f"model width multiplier must be positive, got {width}")
+    # The value comes from a spec (``vgg16:width=…``): text, NaN or infinity are possible.
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise UserInputError(f"model option width={width!r} is invalid; valid: a finite number "
+                             "> 0 (e.g. width=0.5)")
     return max(_MIN_CHANNELS, round(channels * width))
 
 

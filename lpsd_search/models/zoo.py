@@ -10,7 +10,9 @@ Valid specs::
 
 Every built-in uses standard ``torch.nn`` modules only, so it survives ``torch.save``,
 ``torch.jit.script`` and ONNX export. A user's factory is called with the keyword arguments
-among ``in_channels``, ``num_classes`` and ``input_size`` that its signature accepts.
+among ``in_channels``, ``num_classes`` and ``input_size`` that its signature accepts. Importing
+a user's factory runs its code, so a spec read from a file is built with ``allow_code=False``
+unless the user consented (``names_code`` tells the two kinds apart).
 
 Example:
     >>> model = build_model("resnet20", in_channels=3, num_classes=10, input_size=(32, 32))
@@ -21,11 +23,8 @@ Example:
 from __future__ import annotations
 
 import difflib
-import importlib
-import importlib.util
 import inspect
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -35,11 +34,11 @@ from torch import nn
 
 from lpsd_search.errors import UserInputError
 from lpsd_search.models.cifar import VGG, VGG_CONFIGS, CifarResNet
+from lpsd_search.models.user_factory import call_factory, import_factory, is_file_target
 from lpsd_search.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
-_FACTORY_ARGUMENTS = ("in_channels", "num_classes", "input_size")
 
 
 @MODELS.register("digits-cnn")
@@ -164,71 +163,37 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     raise UserInputError(f"cannot adapt {type(model).__name__} to {in_channels} channels")
 
 
-def _import_factory(spec: str, target: str, function: str) -> object:
-    """Find ``function`` in a module given by dotted name or by ``.py`` file path."""
-    if target.endswith(".py") or "/" in target or os.sep in target:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise UserInputError(f"model file '{target}' (from {spec!r}) does not exist")
-        module_name = f"lpsd_user_model_{path.stem}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UserInputError(f"cannot load model file '{target}' as Python")
-        module = importlib.util.module_from_spec(module_spec)
-        # Registered before running so dataclasses and pickling inside the file find it.
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (target + ".").startswith(exc.name + "."):
-                raise  # the module exists but one of its own imports failed
-            raise UserInputError(
-                f"cannot import model module {target!r} (from {spec!r}): no module named "
-                f"{exc.name!r}"
-            ) from None
-    if not hasattr(module, function):
-        raise UserInputError(f"model module {target!r} has no attribute {function!r}")
-    return getattr(module, function)
+def names_code(spec: str) -> bool:
+    """Whether building ``spec`` imports a user's file or module (and so runs its code).
+
+    Built-ins and ``torchvision:NAME`` come from registries; any other ``TARGET:FUNCTION`` is
+    a factory to import. A spec of neither kind is malformed and imports nothing.
+    """
+    head, sep, _ = spec.strip().partition(":")
+    if head in MODELS or (head == "torchvision" and sep):
+        return False
+    target, sep, function = spec.strip().rpartition(":")
+    return bool(sep and target and function)
 
 
-def _call_factory(spec: str, factory: object, arguments: dict[str, Any]) -> nn.Module:
-    """Call a user's factory with the arguments its signature names; check it returns a model."""
-    if not callable(factory):
-        raise UserInputError(f"model factory {spec!r} is not callable")
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # some builtins have no signature: pass everything
-        kwargs = arguments
-    else:
-        kinds = {p.kind for p in parameters.values()}
-        if inspect.Parameter.VAR_KEYWORD in kinds:
-            kwargs = arguments
-        else:
-            kwargs = {k: v for k, v in arguments.items() if k in parameters}
-        required = [
-            p.name
-            for p in parameters.values()
-            if p.default is p.empty
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-            and p.name not in kwargs
-        ]
-        if required:
-            raise UserInputError(
-                f"model factory {spec!r} requires argument {required[0]!r}; only "
-                f"{', '.join(_FACTORY_ARGUMENTS)} are passed"
-            )
-    model = factory(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise UserInputError(
-            f"model factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module"
-        )
-    return model
+def absolute_model_spec(spec: str) -> str:
+    """``spec`` with a relative ``file.py`` path made absolute (other specs are unchanged).
+
+    A saved model keeps its spec; an absolute path lets it load from any working directory.
+    """
+    target, _, function = spec.strip().rpartition(":")
+    if not names_code(spec) or not is_file_target(target):
+        return spec
+    return f"{os.path.abspath(Path(target).expanduser())}:{function}"
 
 
 def build_model(
-    spec: str, *, in_channels: int, num_classes: int, input_size: tuple[int, int]
+    spec: str,
+    *,
+    in_channels: int,
+    num_classes: int,
+    input_size: tuple[int, int],
+    allow_code: bool = True,
 ) -> nn.Module:
     """Build an untrained model for images of ``in_channels x input_size`` and ``num_classes``.
 
@@ -238,19 +203,29 @@ def build_model(
         in_channels: image channels.
         num_classes: output logits.
         input_size: image ``(H, W)``; built-ins size their pooling from it.
+        allow_code: whether a spec may import a user's file or module; False for a spec read
+            from a file nobody vouched for (see ``names_code``).
 
     Returns:
         The model, in training mode, on the CPU.
 
     Raises:
-        UserInputError: unknown name, bad option, missing module/file/function, or a factory
-            that does not return an ``nn.Module``.
+        UserInputError: unknown name, bad option, missing module/file/function, user code
+            while ``allow_code`` is False, or a factory that raises or returns no ``nn.Module``.
     """
     spec = spec.strip()
     arguments = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
     head, sep, tail = spec.partition(":")
     if head in MODELS:
-        return MODELS.get(head)(**arguments, **parse_model_options(head, tail))
+        options = parse_model_options(head, tail)
+        try:
+            return MODELS.get(head)(**arguments, **options)
+        except (TypeError, ValueError, ArithmeticError, RuntimeError, MemoryError) as error:
+            if isinstance(error, UserInputError):
+                raise
+            # An option value that parsed but makes no model (too wide to allocate, say).
+            raise UserInputError(f"model {spec!r} cannot be built ({type(error).__name__}: "
+                                 f"{str(error).strip()[:200]}); valid: other options") from error
     if head == "torchvision" and sep:
         return _torchvision_model(tail.strip(), in_channels, num_classes)
     target, sep, function = spec.rpartition(":")
@@ -259,4 +234,6 @@ def build_model(
             f"unknown model {spec!r}; valid: {', '.join(MODELS.names())}, torchvision:NAME, "
             "package.module:function, path/to/file.py:function"
         )
-    return _call_factory(spec, _import_factory(spec, target, function), arguments)
+    if not allow_code:
+        raise UserInputError(f"model spec {spec!r} names code outside lpsd-search; refused")
+    return call_factory(spec, import_factory(spec, target, function), arguments)

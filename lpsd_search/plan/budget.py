@@ -76,6 +76,11 @@ class BudgetSpec:
                 raise ValueError("a non-params budget needs the baseline's ModelSize")
             base = int(baseline)
         if self.absolute is not None:
+            if self.absolute > base:  # as a fraction above 1, which parse_budget refuses
+                raise UserInputError(
+                    f"budget {self.requested!r} is more than the baseline's {base:,} "
+                    f"{self.metric}, so nothing would be compressed; valid: at most {base}, or "
+                    "a fraction in (0, 1]")
             return Budget(self.absolute, self.absolute / base, self.requested, self.metric)
         assert self.fraction is not None
         return Budget(int(self.fraction * base), self.fraction, self.requested, self.metric)

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lpsd_search.decompositions.base import Rank
+from lpsd_search.decompositions.base import DECOMPOSITIONS, Rank
 from lpsd_search.errors import UserInputError
 
 NONE = "none"
 """The method name that leaves a layer dense."""
+
+
+def _whole(value: object, least: int = 1) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= least)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for an error about a whole file's entry."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_rank(value: object) -> bool:
+    """A natural rank: a whole number ≥ 1, or a non-empty tuple of them."""
+    if isinstance(value, tuple):
+        return bool(value) and all(_whole(item) for item in value)
+    return _whole(value)
+
+
+def _is_option_value(value: object) -> bool:
+    """What a plan may hold as a method option: a JSON scalar or a list of whole numbers."""
+    if isinstance(value, (list, tuple)):
+        return all(_whole(item, least=0) for item in value)
+    return value is None or isinstance(value, (str, bool, int)) or (
+        isinstance(value, float) and math.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -37,8 +65,14 @@ class LayerChoice:
     def __post_init__(self) -> None:
         if self.method != NONE and self.rank is None:
             raise UserInputError(f"method {self.method!r} needs a rank; valid: an int or a tuple")
-        if not 0.0 <= self.sparsity <= 1.0:
-            raise UserInputError(f"sparsity {self.sparsity} is invalid; valid: a float in [0, 1]")
+        if self.rank is not None and not _is_rank(self.rank):
+            raise UserInputError(f"rank {_short(self.rank)} is invalid; valid: a whole number "
+                                 "≥ 1 or a tuple of them")
+        # NaN fails the range check; a string or None would make it raise TypeError.
+        if not (isinstance(self.sparsity, numbers.Real) and not isinstance(self.sparsity, bool)
+                and 0.0 <= self.sparsity <= 1.0):
+            raise UserInputError(f"sparsity {_short(self.sparsity)} is invalid; valid: a float in "
+                                 "[0, 1]")
         if self.alternating and (self.method == NONE or not self.sparsity):
             raise UserInputError(
                 "alternating needs a low-rank method and a sparsity > 0; valid: alternating "
@@ -69,15 +103,32 @@ class LayerChoice:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerChoice:
-        """Inverse of ``to_dict``."""
-        rank = data.get("rank")
-        return cls(
-            method=str(data.get("method", NONE)),
-            rank=tuple(int(r) for r in rank) if isinstance(rank, (list, tuple)) else rank,
-            sparsity=float(data.get("sparsity", 0.0)),
-            alternating=bool(data.get("alternating", False)),
-            options=tuple(dict(data.get("options") or {}).items()),
-        )
+        """Inverse of ``to_dict``.
+
+        Raises:
+            UserInputError: ``data`` is not such a table (a hand-edited or corrupt plan file),
+                in one line naming the bad entry.
+        """
+        if not isinstance(data, Mapping):
+            raise UserInputError(f"plan entry {_short(data)} is invalid; valid: a table of "
+                                 "method, rank and sparsity")
+        method, rank = data.get("method", NONE), data.get("rank")
+        sparsity, alternating = data.get("sparsity", 0.0), data.get("alternating", False)
+        options = data.get("options") or {}
+        if not isinstance(method, str) or (method != NONE and method not in DECOMPOSITIONS):
+            raise UserInputError(f"plan method {_short(method)} is invalid; valid: {NONE}, "
+                                 f"{', '.join(DECOMPOSITIONS.names())}")
+        if not isinstance(alternating, bool):
+            raise UserInputError(f"plan alternating {_short(alternating)} is invalid; valid: "
+                                 "true or false")
+        if not isinstance(options, Mapping) or not all(
+                isinstance(k, str) and _is_option_value(v) for k, v in options.items()):
+            raise UserInputError(f"plan options {_short(options)} are invalid; valid: a table of "
+                                 "numbers, strings or lists of whole numbers")
+        if isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool):
+            sparsity = float(sparsity)
+        return cls(method=method, rank=tuple(rank) if isinstance(rank, list) else rank,
+                   sparsity=sparsity, alternating=alternating, options=tuple(options.items()))
 
     def describe(self) -> str:
         """Short text: ``tucker2(8,4)``, ``svd(3)+s0.02`` (ALPSD: ``+S``), ``sparse(0.1)``."""
@@ -105,7 +156,14 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> Plan:
-        """Inverse of ``to_dict``."""
+        """Inverse of ``to_dict``.
+
+        Raises:
+            UserInputError: ``data`` is not a table of layer names to choices.
+        """
+        if not isinstance(data, Mapping) or not all(isinstance(name, str) for name in data):
+            raise UserInputError(f"plan {_short(data)} is invalid; valid: a table of layer names "
+                                 "to {method, rank, sparsity}")
         return cls({name: LayerChoice.from_dict(choice) for name, choice in data.items()})
 
     def compressed(self) -> dict[str, LayerChoice]:

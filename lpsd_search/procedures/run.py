@@ -14,34 +14,68 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
 from lpsd_search.config import CompressOptions
-from lpsd_search.data.splits import load_data
-from lpsd_search.plan.budget import parse_budget
+from lpsd_search.data.splits import DataSplits, load_data
+from lpsd_search.decompositions.base import get_method
+from lpsd_search.errors import UserInputError
+from lpsd_search.plan.budget import BudgetSpec, Pricer, parse_budget
+from lpsd_search.plan.layers import find_layers
+from lpsd_search.plan.measure import measure
 from lpsd_search.procedures.compress import compress_model
-from lpsd_search.trial.baseline import prepare_baseline
+from lpsd_search.trial.baseline import new_model, prepare_baseline
 from lpsd_search.trial.device import resolve_device
 from lpsd_search.trial.evaluate import Evaluator, validation_loss
+from lpsd_search.trial.preflight import check_output_dir
+from lpsd_search.trial.runtime import resolve_runtime
 from lpsd_search.trial.train import accuracy
 
 logger = logging.getLogger(__name__)
 
+
+def _check_budget(options: CompressOptions, data: DataSplits, spec: BudgetSpec) -> None:
+    """Fail before any training when the model does not fit the data (``new_model`` runs one
+    batch through it) or the budget cannot hold the smallest low-rank plan: sizes need no
+    trained weights."""
+    model = new_model(options.model, data, options.baseline.seed)
+    example = torch.zeros(1, data.in_channels, *data.input_size)
+    pricer = Pricer(find_layers(model, example), measure(model, example))
+    budget = spec.resolve(pricer.baseline.params)
+    method = get_method(options.config.low_rank)
+    allowed = {name: [method.name] for name, target in pricer.targets.items()
+               if method.supports(target.geometry)}
+    if not allowed:
+        raise UserInputError(f"{method.name} cannot compress any layer of {options.model!r}; "
+                             "valid: another --low-rank method")
+    pricer.check_reachable(budget, allowed)
+
+
 def run_compress(options: CompressOptions) -> dict[str, Any]:
     """Run the procedure, fine-tune and measure; write and return the ``plan.json`` document."""
     budget_spec = parse_budget(options.budget)
+    if budget_spec.metric != "params":
+        raise UserInputError(f"--budget {options.budget!r}: compress takes a parameter budget; "
+                             "valid: a fraction (0.05) or a count (50000) of parameters")
+    get_method(options.config.low_rank)  # an unknown method fails before any data is loaded
+    check_output_dir(options.out)  # before the work, whose result would otherwise be lost
     device = resolve_device(options.device)
     data = load_data(options.data, seed=options.seed)
+    _check_budget(options, data, budget_spec)
     model = prepare_baseline(options.model, data, options.checkpoint, options.baseline, device,
                              options.cache_dir)
-    evaluator = Evaluator(model, data, options.finetune, device)
+    runtime = resolve_runtime(options.runtime, device)
+    evaluator = Evaluator(model, data, options.finetune, device, runtime=runtime)
     baseline = evaluator.baseline()
     budget = budget_spec.resolve(baseline.params)
     result = compress_model(evaluator.model, evaluator.example, budget, options.config,
                             objective=validation_loss(data, device), cache=evaluator.cache)
-    before = accuracy(evaluator.build(result.plan), data.val, device)
+    before = accuracy(evaluator.build(result.plan), data.val, device, runtime=runtime)
     measured, _ = evaluator.evaluate(result.plan)
     document = {
         "model": options.model, "data": data.spec,
         "procedure": asdict(options.config),
+        "runtime": runtime.describe(),
         "budget": budget.to_dict(),
         "baseline": {k: v for k, v in baseline.to_dict().items() if k != "seconds"},
         "compressed": {**measured.to_dict(), "accuracy_before_finetune": before,

@@ -7,7 +7,9 @@ from the storage alone:
   (the dense model's measurements), ``budgets`` (plus ``budget``, the first of them, which older
   readers and ``pareto.json`` still use), ``objectives`` and the searchable ``layers``;
 * one ``promoted:<trial>`` attribute per promoted trial: the measurements of its longer
-  fine-tune (the trial's own attributes keep the short one);
+  fine-tune (the trial's own attributes keep the short one); the claim on a promotion is a
+  marker study of its own, ``<study>:promotion-claim:<trial>.<generation>``, holding its
+  ``claimant`` (``host:pid``) and, once given up, ``released``;
 * per trial: its ``plan`` (and a warm start's exact ``plan_override``), where it came from
   (``stage``, ``source``, ``base_trial``), where it ran (``worker``, ``node``, and on Ray
   ``ray_trial_id`` / ``ray_node_id``), its ``predicted_params``, its measurements (the fields of
@@ -34,6 +36,11 @@ LAYERS = "layers"
 PROMOTED_PREFIX = "promoted:"
 STUDY_KEYS = (CONFIG, BASELINE, BUDGETS, BUDGET, OBJECTIVES, LAYERS)
 """The study header's keys (``promoted:<n>`` keys come on top)."""
+CLAIM_INFIX = ":promotion-claim:"
+CLAIMANT = "claimant"
+RELEASED = "released"
+CLAIM_KEYS = (CLAIMANT, RELEASED)
+"""A promotion claim study's keys (``strategy.promotion``)."""
 
 PLAN = "plan"
 PLAN_OVERRIDE = "plan_override"
@@ -46,8 +53,9 @@ NODE = "node"
 FAIL_REASON = "fail_reason"
 RAY_TRIAL_ID = "ray_trial_id"
 RAY_NODE_ID = "ray_node_id"
+RUNTIME = "runtime"
 TRIAL_KEYS = (PLAN, PLAN_OVERRIDE, PREDICTED_PARAMS, STAGE, SOURCE, BASE_TRIAL, WORKER, NODE,
-              FAIL_REASON, RAY_TRIAL_ID, RAY_NODE_ID)
+              FAIL_REASON, RAY_TRIAL_ID, RAY_NODE_ID, RUNTIME)
 """A trial's keys besides its measurements."""
 
 MEASURES = ("params", "bytes", "flops", "accuracy", "test_accuracy")
@@ -55,7 +63,9 @@ MEASURES = ("params", "bytes", "flops", "accuracy", "test_accuracy")
 EXTRA = ("loss", "latency_ms")
 """Measurements reports show when a trial has them (NaN ones are not stored)."""
 SECONDS = "seconds"
-MEASUREMENT_KEYS = (*MEASURES, SECONDS, *EXTRA, "finetune_steps")
+PHASES = ("build_seconds", "finetune_seconds", "eval_seconds")
+"""Where a trial's ``seconds`` went (trials measured before they were recorded lack them)."""
+MEASUREMENT_KEYS = (*MEASURES, SECONDS, *EXTRA, "finetune_steps", *PHASES)
 """The fields of ``trial.evaluate.Measurement``, stored one attribute each."""
 FINETUNED = ("accuracy", "test_accuracy", "loss")
 """Measurements a longer fine-tune changes; the others are fixed by the plan."""
@@ -192,6 +202,35 @@ def set_promoted(study: Writable, number: int, measured: Measured | Mapping[str,
     study.set_user_attr(f"{PROMOTED_PREFIX}{number}", measurement_attrs(measured))
 
 
+def claim_study_name(study_name: str, number: int, generation: int) -> str:
+    """The marker study whose creation claims the promotion of trial ``number``."""
+    return f"{study_name}{CLAIM_INFIX}{number}.{generation}"
+
+
+def is_claim_study(name: str) -> bool:
+    """Whether a study of the storage is a promotion claim rather than a search."""
+    return CLAIM_INFIX in name
+
+
+def set_claimant(claim: Writable, worker: str) -> None:
+    claim.set_user_attr(CLAIMANT, worker)
+
+
+def claimant(claim: Attributed) -> str | None:
+    """Who holds the claim (None in the instant between its creation and this write)."""
+    found = claim.user_attrs.get(CLAIMANT)
+    return None if found is None else str(found)
+
+
+def release_claim(claim: Writable) -> None:
+    """Give the claim up: the promotion did not happen and may be claimed again."""
+    claim.set_user_attr(RELEASED, True)
+
+
+def is_released(claim: Attributed) -> bool:
+    return bool(claim.user_attrs.get(RELEASED, False))
+
+
 # -- one trial ------------------------------------------------------------------------------------
 
 
@@ -286,10 +325,25 @@ def fail_reason(trial: Attributed) -> str:
 
 
 def outcome_attrs(*, plan: Mapping[str, Any], predicted_params: int, node: str,
-                  measured: Measured | Mapping[str, Any]) -> dict[str, Any]:
-    """What a finished trial stores: its plan, the predicted size, its node and measurements."""
-    return {PLAN: dict(plan), PREDICTED_PARAMS: predicted_params, NODE: node,
-            **measurement_attrs(measured)}
+                  measured: Measured | Mapping[str, Any],
+                  runtime: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a finished trial stores: its plan, the predicted size, its node, how it ran
+    (``trial.runtime.Runtime.describe``) and its measurements."""
+    attrs = {PLAN: dict(plan), PREDICTED_PARAMS: predicted_params, NODE: node,
+             **measurement_attrs(measured)}
+    if runtime is not None:
+        attrs[RUNTIME] = dict(runtime)
+    return attrs
+
+
+def trial_runtime(trial: Attributed) -> dict[str, Any]:
+    """How the trial ran (precision, threads, …); empty for trials recorded before that."""
+    return dict(trial.user_attrs.get(RUNTIME, {}))
+
+
+def trial_phases(trial: Attributed) -> dict[str, float]:
+    """Where the trial's seconds went (``PHASES``); empty for trials recorded before that."""
+    return {k: float(trial.user_attrs[k]) for k in PHASES if k in trial.user_attrs}
 
 
 def trial_measures(trial: Attributed) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import csv
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from lpsd_search.report.record import (
     EXTRA,
     FINETUNED,
     MEASURES,
+    PHASES,
     SAMPLED,
     fail_reason,
     promoted_measures,
@@ -38,7 +39,9 @@ from lpsd_search.report.record import (
     study_objectives,
     trial_measures,
     trial_node,
+    trial_phases,
     trial_plan,
+    trial_runtime,
     trial_seconds,
     trial_source,
     trial_stage,
@@ -82,6 +85,8 @@ class TrialRow:
         stage: ``global``, ``local``, ``flat`` or ``warm``.
         node: the machine that ran it.
         promoted: the measurements of its longer fine-tune, when it was promoted.
+        phases: where its seconds went (build, fine-tune, evaluation).
+        runtime: how it ran (precision, memory format, compile, threads).
     """
 
     trial: int
@@ -94,6 +99,8 @@ class TrialRow:
     stage: str = ""
     node: str = ""
     promoted: dict[str, float] | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     @property
     def measures(self) -> dict[str, float]:
@@ -137,6 +144,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
             source=trial_source(trial), stage=trial_stage(trial), node=trial_node(trial),
             promoted=None if longer is None else {k: v for k, v in longer.items()
                                                   if k in (*MEASURES, *EXTRA)},
+            phases=trial_phases(trial), runtime=trial_runtime(trial),
         ))
     return rows
 
@@ -240,15 +248,18 @@ def write_results(study: optuna.Study, out_dir: Path) -> dict[str, Any]:
     baseline_params = document["baseline"]["params"]
     front_trials = {p["trial"] for p in document["points"]}
     lines: list[list[Any]] = [["trial", "state", *MEASURES, *EXTRA, "compression", "feasible",
-                               "pareto", "promoted", "seconds", "source", "stage", "node",
-                               "plan", "fail_reason"]]
+                               "pareto", "promoted", "seconds", *PHASES, "source", "stage",
+                               "node", "precision", "threads", "plan", "fail_reason"]]
     for row in trial_rows(study):
         params = row.measures.get("params")
         lines.append([
             row.trial, row.state, *(row.measures.get(k, "") for k in (*MEASURES, *EXTRA)),
             f"{baseline_params / params:.4f}" if params else "",
             int(row.feasible(document["budgets"])), int(row.trial in front_trials),
-            int(row.short is not None), f"{row.seconds:.3f}", row.source, row.stage, row.node,
+            int(row.short is not None), f"{row.seconds:.3f}",
+            *(f"{row.phases[k]:.3f}" if k in row.phases else "" for k in PHASES),
+            row.source, row.stage, row.node, row.runtime.get("precision", ""),
+            row.runtime.get("threads", ""),
             Plan.from_dict(row.plan).summary() if row.plan else "", row.reason,
         ])
     temporary = out_dir / f"trials.csv.{os.getpid()}.tmp"

@@ -3,7 +3,8 @@
 ``spaces`` and ``params`` (presets and their Optuna parameters), ``objectives``, ``samplers``,
 ``runner`` (everything one trial needs, built once per worker), ``controller`` (stages and the
 trial count), ``warm_starts``, ``promotion`` (the longer fine-tune of front trials),
-``storage`` and ``study`` (Optuna storages and reading a stored study back).
+``storage`` and ``study`` (Optuna storages and reading a stored study back), ``results_folder``
+(what ``--out`` may hold) and ``faults`` (what ends a run).
 """
 
 from __future__ import annotations

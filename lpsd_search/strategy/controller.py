@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_CONSECUTIVE_FAILURES = 5
 ORPHAN_SECONDS = 60
 """A RUNNING trial with no worker attribute this old was asked by a process killed before it
 could name itself (a live worker names its trial right after asking)."""

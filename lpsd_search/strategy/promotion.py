@@ -5,27 +5,38 @@ every feasible trial that would be non-dominated if its validation accuracy were
 higher (its validation loss ``margin`` lower) is re-run from its plan with ``promote_steps``
 fine-tune steps. The promoted measurements are stored in the study
 (``report.record.set_promoted``), so a re-run or ``lpsd-search report`` sees them, and a trial
-is never promoted twice.
+is never promoted twice, even by workers promoting at the same time (``claim_promotion``).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
 
-from lpsd_search.report.record import is_promoted, set_promoted
+from lpsd_search.report.record import (
+    claim_study_name,
+    claimant,
+    is_promoted,
+    is_released,
+    release_claim,
+    set_claimant,
+    set_promoted,
+)
 from lpsd_search.report.results import (
     front,
-    front_numbers,
     study_budgets,
     study_objectives,
     trial_rows,
     write_results,
 )
-from lpsd_search.trial.export import prune_models
+from lpsd_search.strategy.faults import writing
+from lpsd_search.strategy.results_folder import prune_front_models
 
 if TYPE_CHECKING:
     from lpsd_search.config import SearchConfig
@@ -47,12 +58,74 @@ def candidates(study: optuna.Study, margin: float) -> list[int]:
     return sorted(row.trial for row in rows)
 
 
+def claim_promotion(study: optuna.Study, number: int, worker: str) -> optuna.Study | None:
+    """Claim the promotion of trial ``number`` for ``worker``; the claim, or None if taken.
+
+    Optuna's storages offer no compare-and-set on attributes (two workers that read "not
+    promoted" and then write would both promote), but every one of them creates studies
+    atomically under a unique name: an RDB storage (SQLite, PostgreSQL, MySQL) inserts the row
+    under the unique constraint on ``study_name``, the journal appends the creation to one
+    ordered log under its file lock and only the first creation of a name counts, the in-memory
+    storage holds a lock. So the claim is the creation of a marker study named after the trial
+    (``report.record.claim_study_name``): exactly one worker's creation succeeds, the others get
+    ``DuplicatedStudyError``. A claim is never deleted, since a deletion raced by a re-creation
+    could remove a live claim: a claim given up (``release_claim``) or left by a process that
+    died on this host is void, and the next worker claims the next generation of the name, whose
+    creation is again atomic.
+
+    Args:
+        study: the search's study (its storage holds the claims).
+        number: the trial to promote.
+        worker: ``host:pid`` of the claiming process.
+    """
+    storage = study._storage
+    for generation in itertools.count():
+        name = claim_study_name(study.study_name, number, generation)
+        try:
+            claim = optuna.create_study(storage=storage, study_name=name)
+        except optuna.exceptions.DuplicatedStudyError:
+            held = optuna.load_study(study_name=name, storage=storage)
+            if is_released(held) or _gone(claimant(held)):
+                continue
+            return None
+        set_claimant(claim, worker)
+        return claim
+    raise AssertionError("unreachable")
+
+
+def _gone(worker: str | None) -> bool:
+    """Whether the claimant was a process of this host that no longer runs (a claim not yet
+    named, another host's, or this process's own counts as held)."""
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
             out_dir: Path) -> list[int]:
-    """Re-run the candidates with the longer fine-tune; returns the trials promoted now."""
+    """Re-run the candidates with the longer fine-tune; returns the trials promoted now.
+
+    Raises:
+        RunFault: a promoted model or the results could not be written.
+    """
     done = []
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     for number in candidates(study, config.promote_margin):
         if is_promoted(study, number):
+            continue
+        claim = claim_promotion(study, number, worker)
+        # Checked again once claimed: a void claim may be that of a worker that promoted the
+        # trial and then ended.
+        if claim is None or is_promoted(study, number):
             continue
         trial = study.trials[number]
         logger.info("promoting trial %d to %d fine-tune steps", number, config.promote_steps)
@@ -60,15 +133,24 @@ def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
             outcome = runner.run(trial.params, trial.user_attrs, steps=config.promote_steps)
         except Exception as error:  # the short measurement stands; the search result is kept
             logger.warning("promotion of trial %d failed: %s", number, error)
+            release_claim(claim)
             continue
         assert outcome.measured is not None
+        if config.save_models and outcome.model is not None:
+            # Saved before the study records the promotion: a promoted trial has its weights.
+            try:
+                with writing(out_dir):
+                    runner.save_model(number, outcome.model, outcome.attrs)
+            except BaseException:
+                release_claim(claim)
+                raise
         set_promoted(study, number, outcome.measured)
         done.append(number)
-        if config.save_models and outcome.model is not None:
-            runner.save_model(number, outcome.model, outcome.attrs)
-        write_results(study, out_dir)
+        with writing(out_dir):
+            write_results(study, out_dir)
     if config.save_models:
-        prune_models(out_dir, front_numbers(study))
+        with writing(out_dir):
+            prune_front_models(study, out_dir)
     logger.info("promoted %d trials; promoted now: %s", len(done),
                 sorted(row.trial for row in trial_rows(study) if row.promoted is not None))
     return done

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import optuna
+import torch
 from optuna.distributions import BaseDistribution
 from torch import nn
 
@@ -26,8 +27,8 @@ from lpsd_search.data.splits import DataSplits, load_data
 from lpsd_search.errors import UserInputError
 from lpsd_search.plan.budget import Budget, Pricer, parse_budgets
 from lpsd_search.plan.choices import Plan
-from lpsd_search.plan.layers import find_layers
-from lpsd_search.plan.measure import ModelSize
+from lpsd_search.plan.layers import TargetLayer, find_layers
+from lpsd_search.plan.measure import ModelSize, measure
 from lpsd_search.report.record import (
     PLAN,
     outcome_attrs,
@@ -37,11 +38,14 @@ from lpsd_search.report.record import (
 )
 from lpsd_search.strategy.objectives import ObjectiveSet, load_objectives
 from lpsd_search.strategy.params import BoundSpace
-from lpsd_search.strategy.spaces import load_space
-from lpsd_search.strategy.storage import default_url, open_storage
-from lpsd_search.trial.baseline import prepare_baseline
+from lpsd_search.strategy.results_folder import check_results_folder
+from lpsd_search.strategy.spaces import SearchSpace, load_space
+from lpsd_search.strategy.storage import check_url, default_url, open_storage
+from lpsd_search.trial.baseline import new_model, prepare_baseline
 from lpsd_search.trial.device import resolve_device
 from lpsd_search.trial.evaluate import Evaluator, Measurement
+from lpsd_search.trial.preflight import check_output_dir
+from lpsd_search.trial.runtime import resolve_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -78,25 +82,18 @@ class TrialRunner:
         self.options = options
         self.data = data
         self.device = resolve_device(options.device)
+        self.runtime = resolve_runtime(options.runtime, self.device)
         self.objectives: ObjectiveSet = load_objectives(options.objectives,
                                                         options.latency_batch)
         self.evaluator = Evaluator(
             model, data, options.finetune, self.device,
             latency_batch=self.objectives.latency_batch if self.objectives.needs_latency
-            else None, latency_runs=self.objectives.latency_runs)
+            else None, latency_runs=self.objectives.latency_runs, runtime=self.runtime)
         self.baseline = self.evaluator.baseline()
-        size = self.evaluator.size(self.evaluator.model)
-        self.budgets: list[Budget] = [spec.resolve(size)
-                                      for spec in parse_budgets(options.budgets)]
-        space = load_space(options.space)
-        targets = find_layers(self.evaluator.model, self.evaluator.example)
-        allowed = space.allowed(targets)
-        if not allowed:
-            raise UserInputError(
-                f"search space {space.name!r} selects no compressible layer of {options.model!r}"
-            )
-        self.pricer = Pricer(targets, size)
-        self.pricer.check_reachable(self.budgets, allowed)
+        fitted = _fit_space(options, self.evaluator.model, self.evaluator.example)
+        self.budgets: list[Budget] = fitted.budgets
+        space, targets, allowed, self.pricer = (fitted.space, fitted.targets, fitted.allowed,
+                                                fitted.pricer)
         modules = dict(self.evaluator.model.named_modules())
         self.space = BoundSpace(space, targets, allowed, modules)
         self.node = socket.gethostname()
@@ -107,9 +104,24 @@ class TrialRunner:
         """Load data and model (training and caching a baseline without a checkpoint)."""
         parse_budgets(options.budgets)  # cheap checks first: bad input fails before loading
         load_space(options.space)
-        load_objectives(options.objectives, options.latency_batch)
+        objectives = load_objectives(options.objectives, options.latency_batch)
+        if options.latency_batch is not None and not objectives.needs_latency:
+            raise UserInputError(
+                f"--latency-batch {options.latency_batch} has no effect: no objective of "
+                f"{options.objectives!r} measures latency; valid: --objectives with latency "
+                "(latency, accuracy,latency, …), or no --latency-batch")
+        check_output_dir(options.out)  # created and probed: results are written after each trial
+        url = options.search.storage or default_url(options.out)
+        check_url(url)
+        check_results_folder(options.out, url, options.search.study_name)
         device = resolve_device(options.device)
         data = load_data(options.data, seed=options.search.seed)
+        # Sizes need no trained weights: a model that does not fit the data (``new_model``
+        # runs one batch through it), a space that selects no layer or a budget no plan meets
+        # fails here, before a baseline is trained.
+        untrained = new_model(options.model, data, options.baseline.seed)
+        height, width = data.input_size
+        _fit_space(options, untrained, torch.zeros(1, data.in_channels, height, width))
         model = prepare_baseline(options.model, data, options.checkpoint, options.baseline,
                                  device, options.cache_dir)
         return cls(options, data, model)
@@ -146,10 +158,17 @@ class TrialRunner:
         return self.options.search.storage or default_url(self.options.out)
 
     def open_study(self, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-        """Create the study, or load it when it exists and was made with the same settings."""
-        self.options.out.mkdir(parents=True, exist_ok=True)
+        """Create the study, or load it when it exists and was made with the same settings.
+
+        Raises:
+            UserInputError: ``--out`` holds another study's results, or the stored study was
+                made with other settings.
+        """
         url = self.storage_url()
         name = self.options.search.study_name
+        # Before anything is written: results of another study in --out are never overwritten.
+        check_results_folder(self.options.out, url, name)
+        self.options.out.mkdir(parents=True, exist_ok=True)
         storage = open_storage(url)
         try:
             study = optuna.create_study(storage=storage, study_name=name,
@@ -223,8 +242,35 @@ class TrialRunner:
         built = ModelSize(measured.params, measured.bytes, measured.flops)
         constraints = [budget.excess(built) for budget in self.budgets]
         out = outcome_attrs(plan=plan.to_dict(), predicted_params=predicted.params,
-                            node=self.node, measured=measured)
+                            node=self.node, measured=measured,
+                            runtime=self.runtime.describe())
         return TrialOutcome(values, constraints, out, measured, model)
+
+
+@dataclass(frozen=True)
+class _FittedSpace:
+    budgets: list[Budget]
+    space: SearchSpace
+    targets: list[TargetLayer]
+    allowed: dict[str, list[str]]
+    pricer: Pricer
+
+
+def _fit_space(options: SearchOptions, model: nn.Module, example: torch.Tensor) -> _FittedSpace:
+    """The budgets, space and pricer of ``model``; fails when the space selects no layer or
+    no plan of it meets the budgets."""
+    size = measure(model, example)
+    budgets = [spec.resolve(size) for spec in parse_budgets(options.budgets)]
+    space = load_space(options.space)
+    targets = find_layers(model, example)
+    allowed = space.allowed(targets)
+    if not allowed:
+        raise UserInputError(
+            f"search space {space.name!r} selects no compressible layer of {options.model!r}"
+        )
+    pricer = Pricer(targets, size)
+    pricer.check_reachable(budgets, allowed)
+    return _FittedSpace(budgets, space, targets, allowed, pricer)
 
 
 def file_digest(path: str) -> str:

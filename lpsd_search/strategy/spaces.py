@@ -101,13 +101,14 @@ def _range(raw: Any, where: str, key: str, low_bound: float, high_bound: float,
 def _options(raw: Any, methods: Sequence[str],
              where: str) -> dict[str, dict[str, tuple[Any, ...]]]:
     options: dict[str, dict[str, tuple[Any, ...]]] = {}
-    for method, values in dict(raw or {}).items():
+    raw = _table(raw if raw is not None else {}, where, "options")
+    for method, values in raw.items():
         if method not in methods:
             raise UserInputError(f"{where}: options for {method!r}, which the rule does not "
                                  f"allow; valid: {', '.join(methods)}")
         decomposition = get_method(method)
         table: dict[str, tuple[Any, ...]] = {}
-        for option, value in dict(values).items():
+        for option, value in _table(values, where, f"options.{method}").items():
             choices = tuple(value) if isinstance(value, list) else (value,)
             if not choices:
                 raise UserInputError(f"{where}: option {method}.{option} has no values")
@@ -120,7 +121,15 @@ def _options(raw: Any, methods: Sequence[str],
     return options
 
 
-def _rule(raw: Mapping[str, Any], where: str) -> LayerRule:
+def _table(raw: Any, where: str, key: str) -> Mapping[str, Any]:
+    """``raw`` if it is a TOML table (a mapping with string keys)."""
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) for k in raw):
+        raise UserInputError(f"{where}: {key} {raw!r} is invalid; valid: a table")
+    return raw
+
+
+def _rule(raw: Any, where: str) -> LayerRule:
+    raw = _table(raw, where, "rule")
     valid_methods = [NONE, SPARSE, *DECOMPOSITIONS.names()]
     known = {"match", "methods", "rank", "sparsity", "alternating", "rank_anchor", "options",
              "log"}
@@ -128,18 +137,27 @@ def _rule(raw: Mapping[str, Any], where: str) -> LayerRule:
     if extra:
         raise UserInputError(
             f"{where}: unknown key {extra[0]!r}; valid: {', '.join(sorted(known))}")
-    pattern = str(raw.get("match", ".*"))
+    if raw.get("log", True) is not True:  # every range is sampled on a log scale
+        raise UserInputError(f"{where}: log {raw['log']!r} is invalid; valid: log = true or "
+                             "no log key (ranges are always sampled on a log scale)")
+    pattern = raw.get("match", ".*")
+    if not isinstance(pattern, str):
+        raise UserInputError(f"{where}: match {pattern!r} is invalid; valid: a regex string")
     try:
         re.compile(pattern)
     except re.error as error:
         raise UserInputError(f"{where}: bad regex {pattern!r} ({error})") from None
-    methods = tuple(raw.get("methods", [NONE, *DECOMPOSITIONS.names()]))
+    methods = raw.get("methods", [NONE, *DECOMPOSITIONS.names()])
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        raise UserInputError(f"{where}: methods {methods!r} is invalid; valid: a list of "
+                             f"{', '.join(valid_methods)}")
+    methods = tuple(methods)
     unknown = [m for m in methods if m not in valid_methods]
     if unknown:
         raise UserInputError(
             f"{where}: unknown method {unknown[0]!r}; valid: {', '.join(valid_methods)}"
         )
-    anchor = str(raw.get("rank_anchor", "none"))
+    anchor = raw.get("rank_anchor", "none")
     if anchor not in ANCHORS:
         raise UserInputError(f"{where}: rank_anchor {anchor!r} is invalid; valid: "
                              f"{', '.join(ANCHORS)}")
@@ -150,7 +168,10 @@ def _rule(raw: Mapping[str, Any], where: str) -> LayerRule:
     if SPARSE in methods and sparsity is None:
         raise UserInputError(f"{where}: method 'sparse' needs a sparsity range; valid: "
                              "sparsity = [low, high]")
-    alternating = bool(raw.get("alternating", False))
+    alternating = raw.get("alternating", False)
+    if not isinstance(alternating, bool):
+        raise UserInputError(f"{where}: alternating {alternating!r} is invalid; valid: true or "
+                             "false")
     if alternating and sparsity is None:
         raise UserInputError(f"{where}: alternating needs a sparsity range; valid: "
                              "sparsity = [low, high], or alternating = false")
@@ -160,8 +181,13 @@ def _rule(raw: Mapping[str, Any], where: str) -> LayerRule:
 
 def space_from_dict(name: str, data: Mapping[str, Any]) -> SearchSpace:
     """Validate a parsed preset; every error names the bad entry and what is valid."""
+    data = _table(data, f"search space {name!r}", "file")
+    raw_rules = data.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise UserInputError(f"search space {name!r}: rules {raw_rules!r} is invalid; valid: "
+                             "[[rules]] tables")
     rules = tuple(_rule(raw, f"search space {name!r} rule {index + 1}")
-                  for index, raw in enumerate(data.get("rules", [])))
+                  for index, raw in enumerate(raw_rules))
     if not rules:
         raise UserInputError(f"search space {name!r} has no [[rules]]; valid: at least one")
     return SearchSpace(name, str(data.get("description", "")), rules)

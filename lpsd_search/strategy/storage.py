@@ -42,20 +42,52 @@ def default_url(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
+def _journal_path(url: str) -> Path | None:
+    """The file of a journal storage URL, or None for a database URL."""
+    if url.startswith("journal:") or url.endswith(".log"):
+        return Path(url.removeprefix("journal:").removeprefix("//"))
+    return None
+
+
+def check_url(url: str) -> None:
+    """Check the form of a storage URL without opening it (a search does this before any
+    training; opening a server's storage can wait).
+
+    Raises:
+        UserInputError: an unknown scheme, a journal or SQLite file whose folder does not exist,
+            or an SQLite URL with no file (an in-memory study would be lost at exit).
+    """
+    journal = _journal_path(url)
+    if journal is not None:
+        if not journal.name:
+            raise UserInputError(f"journal storage {url!r} names no file; {VALID}")
+        if not journal.parent.is_dir():
+            raise UserInputError(f"journal storage {url!r}: folder {journal.parent} does not "
+                                 "exist")
+        return
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in SQL_SCHEMES or "://" not in url:
+        raise UserInputError(f"storage {url!r} is not understood; {VALID}")
+    if scheme == "sqlite":
+        # sqlite:///relative.db, sqlite:////absolute.db; no file at all is an in-memory study.
+        file = url.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
+        if not file or file == ":memory:":
+            raise UserInputError(f"storage {url!r} names no file (an in-memory study is lost at "
+                                 f"exit); {VALID}")
+        if not Path(file).parent.is_dir():
+            raise UserInputError(f"storage {url!r}: folder {Path(file).parent} does not exist")
+
+
 def open_storage(url: str) -> BaseStorage:
     """The storage behind ``url``.
 
     Raises:
         UserInputError: an unknown scheme, a missing database driver, or an unreachable server.
     """
-    if url.startswith("journal:") or url.endswith(".log"):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
-        if not path.parent.is_dir():
-            raise UserInputError(f"journal storage {url!r}: folder {path.parent} does not exist")
-        return JournalStorage(JournalFileBackend(str(path)))
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme not in SQL_SCHEMES or "://" not in url:
-        raise UserInputError(f"storage {url!r} is not understood; {VALID}")
+    check_url(url)
+    journal = _journal_path(url)
+    if journal is not None:
+        return JournalStorage(JournalFileBackend(str(journal)))
     try:
         return _rdb_storage(url)
     except ImportError as error:

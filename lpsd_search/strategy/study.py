@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 
 from lpsd_search.errors import UserInputError
-from lpsd_search.report.record import has_header
+from lpsd_search.report.record import has_header, is_claim_study
 from lpsd_search.report.results import write_results
 from lpsd_search.strategy.storage import default_url, open_storage
+from lpsd_search.trial.preflight import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 def load_study(url: str, name: str | None) -> optuna.Study:
     """The named study in ``url``, or its only study when no name is given."""
     storage = open_storage(url)
-    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    # Promotion claims are marker studies of their own (``strategy.promotion``), not searches.
+    names = [n for n in optuna.get_all_study_names(storage) if not is_claim_study(n)]
     if name is None:
         if len(names) != 1:
             raise UserInputError(f"storage {url} holds {len(names)} studies; valid: --study "
@@ -54,6 +56,7 @@ def report_from_storage(directory: Path | None, url: str | None, name: str | Non
     target = out or directory
     if target is None:
         raise UserInputError("report --storage needs --out DIR (where to write the files)")
+    check_output_dir(target)
     return target, write_results(load_study(url, name), target)
 
 

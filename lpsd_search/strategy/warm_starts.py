@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import optuna
 
-from lpsd_search.config import CompressConfig, Procedure
+from lpsd_search.config import WARM_STARTS, CompressConfig, Procedure
 from lpsd_search.decompositions.base import get_method
 from lpsd_search.decompositions.ranks import suggest_rank
 from lpsd_search.errors import UserInputError
@@ -32,7 +32,7 @@ from lpsd_search.strategy.runner import TrialRunner
 
 logger = logging.getLogger(__name__)
 
-WARM_STARTS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
+# WARM_STARTS (the names) lives in config, so that SearchConfig rejects a bad one up front.
 PREFERRED = ("tucker2", "alds", "svd", "cp", "tt")
 
 

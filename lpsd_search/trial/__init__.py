@@ -1,6 +1,7 @@
 """One trial, engine-agnostic: plan → compressed model → fine-tune → measurements.
 
-``train`` (the training loop every command shares, with sparse masks kept), ``evaluate`` (the
+``train`` (the training loop every command shares, with sparse masks kept), ``runtime``
+(precision, memory format, threads), ``batching`` (data resident on the device), ``evaluate`` (the
 ``Evaluator`` and its ``Measurement``), ``baseline`` (the dense starting point: loaded, or
 trained with the same loop and cached), ``device`` and ``export`` (compressed models on disk:
 front weights, ``load``, ``torch.export`` programs).
@@ -16,6 +17,7 @@ from lpsd_search.trial.baseline import (
     prepare_baseline,
     train_baseline,
 )
+from lpsd_search.trial.batching import batches, on_device
 from lpsd_search.trial.device import resolve_device
 from lpsd_search.trial.evaluate import (
     Evaluator,
@@ -33,10 +35,10 @@ from lpsd_search.trial.export import (
     save_compressed,
     save_trial_model,
 )
+from lpsd_search.trial.runtime import Runtime, resolve_runtime
 from lpsd_search.trial.train import (
     TrainingDiverged,
     accuracy,
-    batches,
     score,
     steps_for_epochs,
     train,
@@ -45,6 +47,7 @@ from lpsd_search.trial.train import (
 __all__ = [
     "Evaluator",
     "Measurement",
+    "Runtime",
     "TrainingDiverged",
     "accuracy",
     "batches",
@@ -58,9 +61,11 @@ __all__ = [
     "measure_latency",
     "model_path",
     "new_model",
+    "on_device",
     "prepare_baseline",
     "prune_models",
     "resolve_device",
+    "resolve_runtime",
     "save_compressed",
     "save_trial_model",
     "score",

@@ -19,4 +19,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserInputError(f"device {name!r} is not available here; valid: auto, cpu")
     if device.type not in ("cpu", "cuda"):
         raise UserInputError(f"unsupported device {name!r}; valid: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:  # torch accepts any index here and fails at the first use
+            raise UserInputError(f"device {name!r} does not exist here; valid: auto, cpu, "
+                                 f"cuda:0 to cuda:{count - 1}")
     return device

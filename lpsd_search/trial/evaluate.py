@@ -23,7 +23,9 @@ from lpsd_search.decompositions.cache import FactorCache
 from lpsd_search.plan.apply import apply_plan
 from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.measure import ModelSize, measure
-from lpsd_search.trial.train import batches, score, train
+from lpsd_search.trial.batching import batches
+from lpsd_search.trial.runtime import Runtime, fp32_decompositions
+from lpsd_search.trial.train import score, train
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ class Measurement:
         loss: validation cross-entropy.
         latency_ms: median forward latency on the evaluation device (NaN when not measured).
         finetune_steps: fine-tune steps this measurement had.
+        build_seconds: decomposing and building the compressed model (cache hits are cheap).
+        finetune_seconds: the fine-tune.
+        eval_seconds: measuring size, validation and test accuracy (and latency).
     """
 
     params: int
@@ -53,6 +58,9 @@ class Measurement:
     loss: float = math.nan
     latency_ms: float = math.nan
     finetune_steps: int = 0
+    build_seconds: float = math.nan
+    finetune_seconds: float = math.nan
+    eval_seconds: float = math.nan
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -88,11 +96,15 @@ class Evaluator:
         cache: factors shared by every plan this evaluator builds (trials repeat layers).
         latency_batch: batch size of the latency measurement; None skips it.
         latency_runs: timed passes per latency measurement.
+        runtime: precision, memory format and compilation of fine-tuning and evaluation
+            (default: fp32 on ``device``); decompositions run in fp32 whatever it says.
     """
 
     def __init__(self, model: nn.Module, data: DataSplits, finetune: TrainConfig,
                  device: torch.device, cache: FactorCache | None = None,
-                 latency_batch: int | None = None, latency_runs: int = 20) -> None:
+                 latency_batch: int | None = None, latency_runs: int = 20,
+                 runtime: Runtime | None = None) -> None:
+        self.runtime = runtime if runtime is not None else Runtime(device)
         self.model = model.to(device).eval()
         # One cache for every plan of this evaluator: a search's trials repeat most layers.
         self.cache = cache if cache is not None else FactorCache()
@@ -112,25 +124,30 @@ class Evaluator:
         """Measured params / bytes / FLOPs of ``model`` at the data's input size."""
         return measure(model, self.example)
 
-    def _measure(self, model: nn.Module, start: float, steps: int) -> Measurement:
+    def _measure(self, model: nn.Module, start: float, steps: int,
+                 phases: tuple[float, float] = (math.nan, math.nan)) -> Measurement:
+        began = time.perf_counter()
         model.eval()
         size = self.size(model)
-        val_accuracy, val_loss = score(model, self.data.val, self.device)
-        test_accuracy, _ = score(model, self.data.test, self.device)
+        val_accuracy, val_loss = score(model, self.data.val, self.device, runtime=self.runtime)
+        test_accuracy, _ = score(model, self.data.test, self.device, runtime=self.runtime)
         latency = math.nan
         if self.latency_batch:
             batch = self.example.expand(self.latency_batch, *self.example.shape[1:]).contiguous()
             latency = measure_latency(model, batch, self.latency_runs)
+        end = time.perf_counter()
         return Measurement(size.params, size.bytes, size.flops, val_accuracy, test_accuracy,
-                           time.perf_counter() - start, val_loss, latency, steps)
+                           end - start, val_loss, latency, steps, phases[0], phases[1],
+                           end - began)
 
     def baseline(self) -> Measurement:
         """Measurements of the dense model, without fine-tuning."""
         return self._measure(self.model, time.perf_counter(), 0)
 
     def build(self, plan: Plan) -> nn.Module:
-        """The compressed model of ``plan`` before fine-tuning."""
-        return apply_plan(self.model, plan, self.cache)
+        """The compressed model of ``plan`` before fine-tuning (factors computed in fp32)."""
+        with fp32_decompositions():
+            return apply_plan(self.model, plan, self.cache)
 
     def evaluate(self, plan: Plan, steps: int | None = None) -> tuple[Measurement, nn.Module]:
         """Build, fine-tune and measure ``plan``.
@@ -149,9 +166,12 @@ class Evaluator:
         start = time.perf_counter()
         config = self.finetune if steps is None else replace(self.finetune, steps=steps)
         model = self.build(plan)
+        built = time.perf_counter()
         if config.steps > 0:
-            train(model, self.data.train, config, self.device, teacher=self.teacher)
-        result = self._measure(model, start, config.steps)
+            train(model, self.data.train, config, self.device, teacher=self.teacher,
+                  runtime=self.runtime)
+        result = self._measure(model, start, config.steps,
+                               (built - start, time.perf_counter() - built))
         logger.debug("plan %s -> %s", plan.summary(), result)
         return result, model
 
@@ -163,8 +183,9 @@ OBJECTIVE_EXAMPLES = 2000
 def validation_loss(data: DataSplits, device: torch.device,
                     examples: int = OBJECTIVE_EXAMPLES) -> Any:
     """A function returning a model's mean cross-entropy on a fixed validation subset."""
-    inputs, labels = next(batches(data.val, examples, torch.Generator().manual_seed(0)))
-    inputs, labels = inputs.to(device), labels.to(device)
+    # fp32 on purpose: local selection compares candidates whose losses differ by little.
+    inputs, labels = next(batches(data.val, examples, torch.Generator().manual_seed(0),
+                                  device=device))
 
     @torch.no_grad()
     def loss(model: nn.Module) -> float:

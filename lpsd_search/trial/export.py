@@ -3,15 +3,17 @@
 A compressed model is saved as an lpsd-search checkpoint (tensors and JSON only, so it loads
 with ``torch.load(weights_only=True)``) whose meta holds the model spec, the input shape and the
 plan. ``load`` rebuilds the dense architecture from the spec, swaps in the plan's structure
-(``plan.build_skeleton``: nothing is factorised, no code from the file runs) and loads the
-weights. ``export_program`` writes a self-contained ``torch.export`` program (``.pt2``) that needs
-only torch.
+(``plan.build_skeleton``: nothing is factorised) and loads the weights. A spec naming a user's
+file or module is code the file chooses, so it runs only with the caller's consent
+(``model_factory`` or ``trust_model_spec``). ``export_program`` writes a self-contained
+``torch.export`` program (``.pt2``) that needs only torch.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,7 +24,8 @@ from torch import nn
 
 from lpsd_search.errors import UserInputError
 from lpsd_search.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from lpsd_search.models.zoo import build_model
+from lpsd_search.models.user_factory import call_factory
+from lpsd_search.models.zoo import ModelFactory, build_model, names_code
 from lpsd_search.plan.apply import build_skeleton
 from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.measure import measure
@@ -41,18 +44,42 @@ def model_path(out_dir: Path, number: int) -> Path:
 def save_compressed(path: Path, model: nn.Module, *, model_spec: str, data_spec: str,
                     input_shape: tuple[int, int, int], num_classes: int,
                     plan: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
-    """Write a compressed model with everything ``load`` needs to rebuild it."""
+    """Write a compressed model with everything ``load`` needs to rebuild it, atomically.
+
+    ``save_checkpoint`` writes a temporary file in the same folder, syncs it and moves it into
+    place with ``os.replace``; the folder is synced after it, so once this returns the file is
+    on disk whole, and a crash or a full disk at any point leaves the old file or none, never a
+    torn one.
+
+    Raises:
+        OSError: the file could not be written (the disk is full, say); nothing is left behind.
+    """
     channels, height, width = input_shape
     save_checkpoint(path, model, model_spec=model_spec, data_spec=data_spec, meta={
         **dict(meta or {}), "plan": dict(plan), "in_channels": channels,
         "num_classes": num_classes, "input_size": [height, width],
     })
+    _sync_folder(Path(path).parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; folders cannot be opened on Windows)."""
+    if os.name != "posix":
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def save_trial_model(out_dir: Path, number: int, model: nn.Module, *, plan: Mapping[str, Any],
                      measures: Mapping[str, Any], model_spec: str, data_spec: str,
                      input_shape: tuple[int, int, int], num_classes: int) -> Path:
     """Keep a trial's fine-tuned weights under ``OUT/models`` for a later export.
+
+    The file appears whole or not at all (``save_compressed``); a search saves it before it
+    tells the study the trial is complete.
 
     Args:
         plan: the trial's plan (``Plan.to_dict``).
@@ -67,7 +94,14 @@ def save_trial_model(out_dir: Path, number: int, model: nn.Module, *, plan: Mapp
 
 
 def prune_models(out_dir: Path, keep: Iterable[int]) -> None:
-    """Delete saved weights of trials that are no longer on the front."""
+    """Delete saved weights of trials that are no longer on the front.
+
+    Args:
+        out_dir: the results folder.
+        keep: trials whose weights stay: the front, and the trials still running (a search
+            saves a trial's weights before it tells the study, see
+            ``strategy.results_folder.prune_front_models``).
+    """
     folder = out_dir / MODELS_DIR
     if not folder.is_dir():
         return
@@ -77,23 +111,65 @@ def prune_models(out_dir: Path, keep: Iterable[int]) -> None:
             path.unlink(missing_ok=True)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+def _model_arguments(path: str | Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments the dense model was built with, read from a saved model's meta."""
+    try:
+        height, width = (int(v) for v in meta["input_size"])
+        return {"in_channels": int(meta["in_channels"]), "num_classes": int(meta["num_classes"]),
+                "input_size": (height, width)}
+    except (KeyError, TypeError, ValueError):
+        raise UserInputError(f"{path} is not a compressed lpsd-search model: its meta lacks "
+                             "in_channels, num_classes or input_size [H, W]") from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", *,
+         model_factory: ModelFactory | None = None, trust_model_spec: bool = False) -> nn.Module:
     """Rebuild a compressed model saved by ``lpsd-search export`` (or a search's front).
 
-    Built-in models need only lpsd-search; a user's factory (``pkg.mod:fn``) must be importable.
+    The dense model comes from the spec stored in the file when it names a built-in
+    (``digits-cnn``, ``vgg16:width=0.25``, ``torchvision:NAME``). A spec naming a user's file
+    or module (``nets.py:build``, ``pkg.mod:fn``) would run that code, so it is refused unless
+    the caller passes ``model_factory`` or ``trust_model_spec=True``.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: the device of the returned model.
+        model_factory: builds the dense model instead of the stored spec; called with those of
+            ``in_channels``, ``num_classes`` and ``input_size`` its signature takes.
+        trust_model_spec: import and call the stored spec even when it names a file or module.
+
+    Example:
+        >>> from nets import build  # doctest: +SKIP
+        >>> model = lpsd_search.load("trial-3.pt", model_factory=build)  # doctest: +SKIP
 
     Raises:
-        UserInputError: the file is missing, not an lpsd-search model, or does not match.
+        UserInputError: the file is missing, not an lpsd-search model, or does not match; its
+            spec names code and no consent was given; the spec or the factory fails.
     """
     checkpoint = load_checkpoint(path)
     meta = checkpoint.get("meta") or {}
-    if "plan" not in meta or not checkpoint.get("model_spec"):
+    spec = checkpoint.get("model_spec")
+    if "plan" not in meta or not spec:
         raise UserInputError(f"{path} is not a compressed lpsd-search model (no plan); valid: "
                              "a file written by lpsd-search export")
-    dense = build_model(str(checkpoint["model_spec"]), in_channels=int(meta["in_channels"]),
-                        num_classes=int(meta["num_classes"]),
-                        input_size=(int(meta["input_size"][0]), int(meta["input_size"][1])))
-    model = build_skeleton(dense, Plan.from_dict(meta["plan"]))
+    if not isinstance(spec, str):
+        raise UserInputError(f"{path} is not a compressed lpsd-search model: its model spec "
+                             f"is a {type(spec).__name__}, not a string")
+    arguments = _model_arguments(path, meta)
+    if model_factory is not None:
+        name = getattr(model_factory, "__qualname__", None) or repr(model_factory)
+        dense = call_factory(name, model_factory, arguments)
+    elif names_code(spec) and not trust_model_spec:
+        raise UserInputError(f"model spec {spec!r} in {path} names code outside lpsd-search; "
+                             "pass model_factory=... to load() or --trust-model-spec to export "
+                             "if you trust this file")
+    else:
+        dense = build_model(spec, **arguments, allow_code=trust_model_spec)
+    try:
+        plan = Plan.from_dict(meta["plan"])
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UserInputError(f"{path} holds a malformed plan ({exc})") from None
+    model = build_skeleton(dense, plan)
     load_weights(model, checkpoint)
     return model.to(map_location).eval()
 
@@ -112,19 +188,22 @@ def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 def example_input(path: str | Path) -> torch.Tensor:
     """A zero input of the shape the saved model was built for."""
-    meta = load_checkpoint(path).get("meta") or {}
-    height, width = (int(v) for v in meta["input_size"])
-    return torch.zeros(1, int(meta["in_channels"]), height, width)
+    arguments = _model_arguments(path, load_checkpoint(path).get("meta") or {})
+    return torch.zeros(1, arguments["in_channels"], *arguments["input_size"])
 
 
-def export_trial(directory: Path, trial: int, out: Path) -> list[Path]:
+def export_trial(directory: Path, trial: int, out: Path, *,
+                 model_factory: ModelFactory | None = None,
+                 trust_model_spec: bool = False) -> list[Path]:
     """Copy trial ``trial``'s saved model to ``out`` and write ``out`` as ``.pt2`` beside it.
 
-    The model is loaded back with ``lpsd_search.load`` and its parameter count checked against
-    the trial's measured ``params`` before anything is written.
+    The model is loaded back with ``load`` (``model_factory`` and ``trust_model_spec`` are
+    passed on: a spec naming a user's file or module needs one of them) and its parameter
+    count checked against the trial's measured ``params`` before anything is written.
 
     Raises:
-        UserInputError: no such results folder, or the trial has no saved model.
+        UserInputError: no such results folder, the trial has no saved model, or ``load``
+            refuses it.
     """
     pareto = directory / "pareto.json"
     if not pareto.is_file():
@@ -137,7 +216,7 @@ def export_trial(directory: Path, trial: int, out: Path) -> list[Path]:
                           if model_path(directory, n).is_file()) or "(none saved)"
         raise UserInputError(f"trial {trial} has no saved model in {directory / 'models'} "
                              f"(only front trials keep their weights); valid: --trial {valid}")
-    model = load(source)
+    model = load(source, model_factory=model_factory, trust_model_spec=trust_model_spec)
     params = measure(model, example_input(source)).params
     expected = points.get(trial, {}).get("params")
     if expected is not None and params != expected:

@@ -254,7 +254,11 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     _write_images(tmp_path / "d" / "val", {"z": 1}, size=(4, 4), mode="RGB")
     with pytest.raises(UserInputError, match="class folder 'z'"):
         load_data(f"imagefolder:{tmp_path / 'd'}")
-    _write_images(tmp_path / "tiny", {"a": 1}, size=(4, 4), mode="RGB")
+    # One class would make every model score 100 %: refused before any training.
+    _write_images(tmp_path / "single", {"a": 9}, size=(4, 4), mode="RGB")
+    with pytest.raises(UserInputError, match="holds images of 1 class; valid: two classes"):
+        load_data(f"imagefolder:{tmp_path / 'single'}")
+    _write_images(tmp_path / "tiny", {"a": 1, "b": 1}, size=(4, 4), mode="RGB")
     with pytest.raises(UserInputError, match=r"split .* is empty"):
         load_data(f"imagefolder:{tmp_path / 'tiny'}")
 

@@ -94,7 +94,7 @@ def test_width_multiplier() -> None:
         ("vgg16:depth=3", "bad option 'depth=3' for model 'vgg16'; valid: width=VALUE"),
         ("vgg16:width", "bad option 'width'"),
         ("digits-cnn:width=2", "valid: none"),
-        ("resnet20:width=0", "must be positive"),
+        ("resnet20:width=0", "width=0 is invalid; valid: a finite number > 0"),
         ("alexnet", "unknown model 'alexnet'; valid: digits-cnn, vgg11"),
         ("torchvision:resnet181", "unknown torchvision model 'resnet181'; e.g. resnet18"),
         ("no_such_module_xyz:make", "cannot import model module 'no_such_module_xyz'"),

@@ -86,8 +86,10 @@ def test_sparse_parts_recover_accuracy_before_any_fine_tune(digits, digits_model
         scores[procedure] = accuracy(model, digits.val, torch.device("cpu"))
         if procedure == "alpsd":
             assert result.objective == pytest.approx(val_loss(model), rel=1e-5)
-    # Measured: lowrank 0.14, lpsd 0.34, alpsd 0.83 (validation accuracy, no fine-tune).
-    assert scores["lpsd"] > scores["lowrank"] + 0.1
+    # Measured (validation accuracy, no fine-tune): lowrank 0.14, lpsd 0.34, alpsd 0.83 on the
+    # baseline of training recipe 1; 0.18, 0.24, 0.77 on recipe 2's (same epochs and seed, its
+    # batches drawn in another order). The order holds on both, by less for lpsd on the second.
+    assert scores["lpsd"] > scores["lowrank"] + 0.05
     assert scores["alpsd"] > scores["lpsd"] + 0.2
 
 
@@ -115,7 +117,7 @@ def test_compress_command_writes_a_plan(tmp_path, cache_dir, digits_model):
 @pytest.mark.parametrize(("args", "message"), [
     (["--method", "magic"], "invalid choice: 'magic'"),
     (["--low-rank", "magic"], "unknown decomposition method 'magic'"),
-    (["--sparse-share", "1.5"], "sparse share 1.5 is invalid"),
+    (["--sparse-share", "1.5"], "--sparse-share: '1.5' is too large; valid: below 1"),
 ])
 def test_compress_bad_input_is_one_line(args, message, tmp_path, capsys):
     try:

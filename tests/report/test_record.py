@@ -20,9 +20,10 @@ PACKAGE = Path(record.__file__).resolve().parents[1]
 
 STUDY_KEYS = {"config", "baseline", "budgets", "budget", "objectives", "layers"}
 TRIAL_KEYS = {"plan", "plan_override", "predicted_params", "stage", "source", "base_trial",
-              "worker", "node", "fail_reason", "ray_trial_id", "ray_node_id"}
+              "worker", "node", "fail_reason", "ray_trial_id", "ray_node_id", "runtime"}
 MEASUREMENT_KEYS = {"params", "bytes", "flops", "accuracy", "test_accuracy", "seconds", "loss",
-                    "latency_ms", "finetune_steps"}
+                    "latency_ms", "finetune_steps", "build_seconds", "finetune_seconds",
+                    "eval_seconds"}
 """The keys studies on disk hold: changing one makes every stored study unreadable."""
 
 BUDGETS = [{"metric": "params", "requested": "0.5", "limit": 500, "fraction": 0.5},

@@ -118,7 +118,9 @@ def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, Any]:
         config: cluster address, resources per trial, concurrency, retries.
 
     Raises:
-        UserInputError: bad input, or Ray missing (``pip install 'lpsd-search[ray]'``).
+        UserInputError: bad input, Ray missing (``pip install 'lpsd-search[ray]'``), or an
+            ``--out`` holding another study's results.
+        RunFault: the results could not be written, or the storage stopped answering.
     """
     try:
         import ray
@@ -126,10 +128,11 @@ def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, Any]:
         raise UserInputError("the ray backend needs Ray: pip install 'lpsd-search[ray]'") from None
     from lpsd_search.backends.ray.record import StudyRecorder
     from lpsd_search.report.results import write_results
+    from lpsd_search.strategy.faults import guarding, writing
     from lpsd_search.strategy.runner import TrialRunner
 
     runner = TrialRunner.from_options(options)
-    study = runner.open_study()
+    study = runner.open_study()  # refuses an --out holding another study's results
     key = search_key(options, runner.storage_url())
     recorder = StudyRecorder.register(key, study, runner)
     started_here = not ray.is_initialized()
@@ -141,11 +144,13 @@ def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, Any]:
             raise UserInputError(f"cannot reach the Ray cluster at {config.address!r}: "
                                  f"{error}") from None
     try:
-        _run_experiments(runner, recorder, key, config)
+        with guarding(runner.storage_url()):
+            _run_experiments(runner, recorder, key, config)
     finally:
         StudyRecorder.unregister(key)
         if started_here:
             ray.shutdown()
-    return write_results(study, options.out)
+    with guarding(runner.storage_url()), writing(options.out):
+        return write_results(study, options.out)
 
 

@@ -84,6 +84,9 @@ def worker_runner(shipment: Shipment) -> TrialRunner:
     model.load_state_dict(weights)
     # The weights came from the driver: nothing on this node is read or trained.
     options = replace(shipment.options, checkpoint=None)
+    if options.runtime.threads is None:
+        # The CPUs Tune reserved for the trial, not the node's free cores, bound its threads.
+        options = replace(options, runtime=replace(options.runtime, threads=shipment.threads))
     if options.device == "auto" and not ray.get_gpu_ids():
         # No GPU reserved for this trial (--gpus-per-trial 0): stay off the node's GPUs.
         options = replace(options, device="cpu")
