@@ -38,6 +38,7 @@ from lpsd_search.strategy.controller import (
     claimed_count,
     fail_dead_trials,
     is_surplus,
+    joins_front,
 )
 from lpsd_search.strategy.faults import (
     FailureStreak,
@@ -196,7 +197,9 @@ def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
     """
     try:
         with heartbeat(study, trial):
-            outcome = runner.run(params, trial.user_attrs)
+            outcome = runner.run(params, trial.user_attrs, test=False)
+            if joins_front(study, trial.number, outcome.attrs, config.promote_margin):
+                runner.measure_test(outcome)
     except KeyboardInterrupt:
         set_fail_reason(trial, "interrupted")
         study.tell(trial, state=TrialState.FAIL)

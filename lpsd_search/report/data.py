@@ -190,6 +190,13 @@ def budget_compression(budget: dict[str, Any], baseline: dict[str, float]) -> fl
     return baseline["params"] / float(limit) if limit else None
 
 
+def percent(point: dict[str, Any], key: str) -> str:
+    """``point[key]`` as a percentage, or "—" when it was not measured (a search measures a
+    trial's test accuracy only when the trial reaches its front)."""
+    value = point.get(key)
+    return "—" if value is None else f"{value:.2%}"
+
+
 def budget_label(budget: dict[str, Any], baseline: dict[str, float]) -> str:
     """``params ≤ 12,989 (50 %, 2.0×)``, or the same for bytes / FLOPs."""
     metric = str(budget.get("metric", "params"))

@@ -20,6 +20,7 @@ from lpsd_search.report.data import (
     export_command,
     hypervolume_curve,
     load_report,
+    percent,
     plan_summary,
 )
 from lpsd_search.report.layers import layer_table
@@ -166,7 +167,7 @@ def _front_table(data: ReportData, out_dir_text: str) -> str:
         delta = 100 * (point["accuracy"] - data.baseline["accuracy"])
         mark = " ★" if point.get("promoted") else ""
         cells = [f"{trial}{mark}", f"{int(point['params']):,}", f"{point['compression']:.1f}×",
-                 f"{point['accuracy']:.2%}", f"{delta:+.2f}", f"{point['test_accuracy']:.2%}",
+                 f"{point['accuracy']:.2%}", f"{delta:+.2f}", percent(point, "test_accuracy"),
                  f"{point['flops'] / 1e6:.3f}"]
         if latency:
             value = point.get("latency_ms")
@@ -190,7 +191,7 @@ def _levels_table(data: ReportData) -> str:
         f'<tr data-trial="{int(p["trial"])}"><td>≥ {level:g}×</td><td>{int(p["trial"])}</td>'
         f'<td>{p["compression"]:.1f}×</td><td>{p["accuracy"]:.2%}</td>'
         f'<td>{100 * (p["accuracy"] - data.baseline["accuracy"]):+.2f}</td>'
-        f'<td>{p["test_accuracy"]:.2%}</td></tr>' for level, p in best)
+        f'<td>{percent(p, "test_accuracy")}</td></tr>' for level, p in best)
     return ("<table><thead><tr><th>compression</th><th>trial</th><th>actual</th>"
             "<th>val acc</th><th>Δ val</th><th>test acc</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>")

@@ -19,13 +19,14 @@ from lpsd_search.report.data import (
     best_at_levels,
     budget_label,
     load_report,
+    percent,
     plan_summary,
 )
 
 
 def _accuracy_cells(point: dict[str, Any], baseline: dict[str, float]) -> list[str]:
     delta = 100 * (point["accuracy"] - baseline["accuracy"])
-    return [f"{point['accuracy']:.2%}", f"{delta:+.2f}", f"{point['test_accuracy']:.2%}"]
+    return [f"{point['accuracy']:.2%}", f"{delta:+.2f}", percent(point, "test_accuracy")]
 
 
 def front_table(data: ReportData) -> Table:

@@ -29,7 +29,13 @@ from lpsd_search.report.record import (
     trial_stage,
     trial_worker,
 )
-from lpsd_search.report.results import front, study_budgets, study_objectives, trial_rows
+from lpsd_search.report.results import (
+    TrialRow,
+    front,
+    study_budgets,
+    study_objectives,
+    trial_rows,
+)
 
 if TYPE_CHECKING:
     from lpsd_search.strategy.runner import TrialRunner
@@ -112,6 +118,22 @@ def _bases(study: optuna.Study, margin: float) -> list[optuna.trial.FrozenTrial]
     complete = {t.number: t for t in study.get_trials(deepcopy=False,
                                                       states=(TrialState.COMPLETE,))}
     return [complete[number] for number in sorted(scores) if scores[number] >= best - margin]
+
+
+def joins_front(study: optuna.Study, number: int, measures: dict[str, Any],
+                margin: float) -> bool:
+    """Whether trial ``number``, measured ``measures``, would be on the study's feasible front
+    (given ``margin`` more quality: the trials promotion would re-run) once complete.
+
+    A search measures test accuracy only for these trials: it never chooses anything, and
+    measuring it for every trial was most of a trial's evaluation.
+    """
+    rows = [row for row in trial_rows(study) if row.trial != number]
+    rows.append(TrialRow(trial=number, state="COMPLETE", measured=measures, plan={},
+                         reason="", seconds=0.0))
+    found = front(rows, study_budgets(study), study_objectives(study), fidelity="short",
+                  margin=margin, distinct=False)
+    return any(row.trial == number for row in found)
 
 
 def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,

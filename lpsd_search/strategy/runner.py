@@ -13,8 +13,9 @@ import hashlib
 import logging
 import math
 import socket
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import optuna
@@ -31,6 +32,7 @@ from lpsd_search.plan.layers import TargetLayer, find_layers
 from lpsd_search.plan.measure import ModelSize, measure
 from lpsd_search.report.record import (
     PLAN,
+    measurement_attrs,
     outcome_attrs,
     plan_override,
     study_config,
@@ -219,17 +221,18 @@ class TrialRunner:
         return self.pricer.fit(requests, self.budgets, self.space.allowed)
 
     def run(self, params: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
-            steps: int | None = None) -> TrialOutcome:
+            steps: int | None = None, *, test: bool = True) -> TrialOutcome:
         """Repair, build, fine-tune and measure the plan of ``params``.
 
         Args:
             params: the sampled parameters (see ``BoundSpace``).
             attrs: the trial's user attributes so far (a warm start's ``plan_override``).
             steps: fine-tune steps (default: the search's).
+            test: measure the test accuracy now (else ``measure_test`` may add it later).
         """
         plan = self.plan_for(params, plan_override(attrs or {}))
         predicted = self.pricer.size(plan)
-        measured, model = self.evaluator.evaluate(plan, steps)
+        measured, model = self.evaluator.evaluate(plan, steps, test=test)
         if (measured.params, measured.bytes, measured.flops) != (
                 predicted.params, predicted.bytes, predicted.flops):
             logger.warning("closed-form size %s differs from the built model's %s",
@@ -245,6 +248,19 @@ class TrialRunner:
                             node=self.node, measured=measured,
                             runtime=self.runtime.describe())
         return TrialOutcome(values, constraints, out, measured, model)
+
+    def measure_test(self, outcome: TrialOutcome) -> None:
+        """Add the test accuracy to an outcome measured without it (in place); its time counts
+        as the trial's evaluation."""
+        assert outcome.measured is not None and outcome.model is not None
+        start = time.perf_counter()
+        accuracy = self.evaluator.test_accuracy(outcome.model)
+        spent = time.perf_counter() - start
+        measured = outcome.measured
+        outcome.measured = replace(measured, test_accuracy=accuracy,
+                                   seconds=measured.seconds + spent,
+                                   eval_seconds=measured.eval_seconds + spent)
+        outcome.attrs = {**outcome.attrs, **measurement_attrs(outcome.measured)}
 
 
 @dataclass(frozen=True)

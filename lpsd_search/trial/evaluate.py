@@ -125,12 +125,13 @@ class Evaluator:
         return measure(model, self.example)
 
     def _measure(self, model: nn.Module, start: float, steps: int,
-                 phases: tuple[float, float] = (math.nan, math.nan)) -> Measurement:
+                 phases: tuple[float, float] = (math.nan, math.nan),
+                 test: bool = True) -> Measurement:
         began = time.perf_counter()
         model.eval()
         size = self.size(model)
         val_accuracy, val_loss = score(model, self.data.val, self.device, runtime=self.runtime)
-        test_accuracy, _ = score(model, self.data.test, self.device, runtime=self.runtime)
+        test_accuracy = self.test_accuracy(model) if test else math.nan
         latency = math.nan
         if self.latency_batch:
             batch = self.example.expand(self.latency_batch, *self.example.shape[1:]).contiguous()
@@ -144,18 +145,25 @@ class Evaluator:
         """Measurements of the dense model, without fine-tuning."""
         return self._measure(self.model, time.perf_counter(), 0)
 
+    def test_accuracy(self, model: nn.Module) -> float:
+        """Accuracy of ``model`` on the test split (reported only, never used to choose)."""
+        return score(model, self.data.test, self.device, runtime=self.runtime)[0]
+
     def build(self, plan: Plan) -> nn.Module:
         """The compressed model of ``plan`` before fine-tuning (factors computed in fp32)."""
         with fp32_decompositions():
             return apply_plan(self.model, plan, self.cache)
 
-    def evaluate(self, plan: Plan, steps: int | None = None) -> tuple[Measurement, nn.Module]:
+    def evaluate(self, plan: Plan, steps: int | None = None, *,
+                 test: bool = True) -> tuple[Measurement, nn.Module]:
         """Build, fine-tune and measure ``plan``.
 
         Args:
             plan: what to build.
             steps: fine-tune steps (default: the evaluator's ``finetune.steps``); promotion
                 passes a longer fine-tune here.
+            test: also measure the test accuracy (NaN otherwise: a search measures it only for
+                the trials that reach its front, ``test_accuracy`` on demand).
 
         Returns:
             The measurements and the fine-tuned compressed model.
@@ -171,7 +179,7 @@ class Evaluator:
             train(model, self.data.train, config, self.device, teacher=self.teacher,
                   runtime=self.runtime)
         result = self._measure(model, start, config.steps,
-                               (built - start, time.perf_counter() - built))
+                               (built - start, time.perf_counter() - built), test)
         logger.debug("plan %s -> %s", plan.summary(), result)
         return result, model
 
