@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        from lpsd_search.cli.conflicts import check_ignored
+
+        check_ignored(sys.argv[1:] if argv is None else argv, args)
         if args.command == "train":
             _train(args)
         elif args.command == "compress":
