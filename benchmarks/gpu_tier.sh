@@ -3,7 +3,14 @@
 # our dependencies: install the carried wheels, run the tests marked gpu, then the gpu tier of
 # benchmarks/evaluator.py. Results go to $OUT (default benchmarks/results).
 #   carried: .gpu-carry/wheels (optuna and its dependencies), .gpu-carry/fashion-mnist (the IDX
-#   files of the Debian package dataset-fashion-mnist)
+#   files of the Debian package dataset-fashion-mnist). .gpu-carry/ is not committed; make it with
+#     pip download -d .gpu-carry/wheels --only-binary=:all: --implementation cp \
+#         --python-version 3.12 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+#         --platform manylinux_2_28_x86_64 optuna sqlalchemy alembic mako colorlog greenlet
+#     cp -r /usr/share/datasets/fashion-mnist .gpu-carry/
+#   (the 2026-12-04 machine had Python 3.12 with torch, numpy, scipy, scikit-learn, rich, pytest),
+#   then run it there with the device tool: command "bash benchmarks/gpu_tier.sh", carry
+#   [".gpu-carry"]; it writes to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
