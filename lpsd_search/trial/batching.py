@@ -50,17 +50,22 @@ def _identity(images: Tensor) -> Tensor:
 
 
 def on_device(dataset: Dataset, device: torch.device) -> DeviceTensors | None:
-    """``dataset`` resident on ``device``, or None when it is not held in memory."""
+    """``dataset`` resident on ``device``, or None when it is not held in memory.
+
+    The copy is made on the first call for a (dataset, device) and reused after: every epoch
+    and every evaluation asks again.
+    """
     if isinstance(dataset, ImageTensorDataset):
         images, labels = dataset.images, dataset.labels
-        prepare = dataset.normaliser(device)
     elif isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        images, labels, prepare = dataset.tensors[0], dataset.tensors[1], _identity
+        images, labels = dataset.tensors[0], dataset.tensors[1]
     else:
         return None
     copies = _RESIDENT.setdefault(dataset, {})
     key = str(device)
     if key not in copies:
+        prepare = (dataset.normaliser(device) if isinstance(dataset, ImageTensorDataset)
+                   else _identity)
         copies[key] = DeviceTensors(images.to(device), labels.to(device).long(), prepare)
     return copies[key]
 

@@ -87,15 +87,9 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls and convolutions are fast on ``device``.
-
-    CUDA: compute capability 8.0 or newer (Ampere's bf16 tensor cores). CPU: AMX-BF16 or
-    AVX512-BF16 (oneDNN's bf16 kernels; elsewhere bf16 is emulated and slower than fp32).
-    """
-    if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return major >= 8
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has oneDNN's bf16 kernels (AMX-BF16 or AVX512-BF16); elsewhere bf16 is
+    emulated and slower than fp32."""
     return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
@@ -128,7 +122,7 @@ def derived_threads(workers: int = 1, cores: int | None = None,
 def resolve_runtime(config: RuntimeConfig, device: torch.device) -> Runtime:
     """Decide every ``auto`` of ``config`` for ``device``.
 
-    ``precision=auto`` is bf16 on CPUs where ``fast_bf16`` holds and fp32 elsewhere, CUDA
+    ``precision=auto`` is bf16 on CPUs where ``cpu_has_fast_bf16`` holds and fp32 elsewhere, CUDA
     included: on an H200 the benchmark's models (28x28 inputs, batch 64) fine-tuned at 0.92x
     the old loop's speed under bf16 autocast with channels-last and at 1.46x in fp32 (with
     TF32 matmuls): steps that small are bound by kernel launches, which autocast's casts add
@@ -141,7 +135,7 @@ def resolve_runtime(config: RuntimeConfig, device: torch.device) -> Runtime:
     """
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if device.type == "cpu" and fast_bf16(device) else "fp32"
+        precision = "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
     if precision == "fp16" and device.type == "cpu":
         logger.warning("fp16 on the CPU is emulated and slow; bf16 is the fast CPU precision")
     channels_last = {"on": True, "off": False}.get(config.channels_last, device.type == "cpu")
