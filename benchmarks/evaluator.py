@@ -80,7 +80,8 @@ def baseline(spec: str, data: DataSplits, device: torch.device, runtime: Runtime
     if not path.is_file():
         model, scores = train_baseline(spec, data, BaselineConfig(epochs=args.train_epochs),
                                        device, runtime=runtime)
-        save_checkpoint(path, model, model_spec=spec, data_spec=data.spec, meta=scores)
+        save_checkpoint(path, model, model_spec=spec, data_spec=data.spec, meta=scores,
+                        data_fingerprint=data.fingerprint)
     return load_model(spec, data, path, device), path
 
 
@@ -272,7 +273,7 @@ def main() -> None:
     if args.compile:
         runtimes["auto+compile"] = Runtime(device, auto.precision, auto.channels_last, True,
                                            auto.threads)
-    data = load_data(args.data, seed=0)
+    data = load_data(args.data)
     results: dict[str, Any] = {"finetune": {}, "split": {}, "search": {}, "workers": []}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                            seed=args.seed)
 
     start_all = time.perf_counter()
-    data = load_data(args.data, seed=args.seed)
+    data = load_data(args.data)
     model = prepare_baseline(args.model, data, args.checkpoint, BaselineConfig(seed=args.seed),
                              device, None)
     baseline, dense_tuned = dense_rows(model, data, finetune, device)

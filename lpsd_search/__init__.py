@@ -1,7 +1,9 @@
 """lpsd-search: budget-aware search over per-layer decompositions plus sparse residuals.
 
 Importing the package is cheap: it pulls in torch (needed by every public function) but never
-Ray, torchvision, scikit-learn or pandas, and never initialises CUDA.
+Ray, torchvision, scikit-learn or pandas, and never initialises CUDA. ``search`` and ``compress``
+take spec strings or Python objects (an ``nn.Module`` or a factory, torch datasets); ``load``
+returns a saved model that takes raw images (its input normalisation is its first layer).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "LayerGeometry",
     "UserInputError",
     "__version__",
+    "compress",
     "decompose_layer",
     "load",
     "search",
@@ -42,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from lpsd_search.api import search
 
         return search
+    if name == "compress":
+        from lpsd_search.api import compress
+
+        return compress
     if name == "load":
         from lpsd_search.trial.export import load
 

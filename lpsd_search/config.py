@@ -2,50 +2,21 @@
 
 The command line, the TOML config and the Python API all map onto these frozen dataclasses
 (through ``lpsd_search.options``); nothing above them keeps a default of its own. The module
-imports nothing but the error type, so every layer can take its settings from here.
+imports only the error type and ``checks``, so every layer can take its settings from here.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+import lpsd_search.checks as checks
 from lpsd_search.errors import UserInputError
 
-
-def _check(ok: bool, what: str, value: object, valid: str) -> None:
-    """Raise the one-line error ``<what> <value> is invalid; valid: <valid>`` unless ``ok``."""
-    if not ok:
-        raise UserInputError(f"{what} {value!r} is invalid; valid: {valid}")
-
-
-MAX_SEED = 2**31 - 1
-"""The largest seed: every seeded generator takes it (Optuna's samplers stop at 2**32 − 1, and a
-worker on a shared storage adds an offset below 2**20 to its sampler's seed)."""
-
-
-def _real(what: str, value: float, low: float, high: float = math.inf, *,
-          open_low: bool = False, open_high: bool = False) -> None:
-    """Check a finite number from ``low`` to ``high`` (``open_*``: the bound is excluded)."""
-    # NaN and infinities pass a bare comparison on one side, so finiteness is checked first.
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and math.isfinite(value) and (low < value if open_low else low <= value)
-          and (value < high if open_high else value <= high))
-    valid = (f"a finite number {'>' if open_low else '≥'} {low:g}" if high == math.inf else
-             f"a number in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}")
-    _check(ok, what, value, valid)
-
-
-def _count(what: str, value: int, low: int, high: int | None = None) -> None:
-    """Check a whole number (not a bool) from ``low`` to ``high``."""
-    ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value
-          and (high is None or value <= high))
-    _check(ok, what, value,
-           f"a whole number, {low} or more" if high is None else f"a whole number in [{low}, "
-           f"{high}]")
+MAX_SEED = checks.MAX_SEED
+_check, _real, _count, _text = checks.check, checks.real, checks.count, checks.text
 
 
 @dataclass(frozen=True)
@@ -61,6 +32,13 @@ class TrainConfig:
         distill_alpha: weight of the distillation loss (0 = plain cross-entropy); the loss is
             ``(1 − α)·CE + α·T²·KL(teacher_T ‖ student_T)`` (Hinton et al. 2015).
         distill_temperature: softmax temperature T of the distillation loss.
+        admm_steps: ADMM steps of the dense model towards each plan's ranks before it is
+            decomposed (``trial.admm``); 0: none.
+        admm_rho: ADMM's penalty ρ at the start; admm_rho_growth: ρ's factor per dual update.
+        orth_reg: λ of ``λ·Σ‖UᵀU − I‖²`` on the factors in the fine-tune (``trial.orthogonal``).
+
+    These four are None unless given; a search space's ``[training]`` table fills them
+    (``options.search_options``), ``METHOD_DEFAULTS`` the rest (``method_settings``).
     """
 
     steps: int = 200
@@ -70,6 +48,10 @@ class TrainConfig:
     seed: int = 0
     distill_alpha: float = 0.0
     distill_temperature: float = 4.0
+    admm_steps: int | None = None
+    admm_rho: float | None = None
+    admm_rho_growth: float | None = None
+    orth_reg: float | None = None
 
     def __post_init__(self) -> None:
         # 0 steps is allowed: the trials are then measured as built, without a fine-tune.
@@ -80,6 +62,22 @@ class TrainConfig:
         _count("--seed", self.seed, 0, MAX_SEED)
         _real("--distill", self.distill_alpha, 0, 1)
         _real("--distill-temperature", self.distill_temperature, 0, open_low=True)
+        settings = self.method_settings()  # None: a default, which is valid
+        _count("--admm-steps", 0 if self.admm_steps is None else self.admm_steps, 0)
+        _real("--admm-rho", settings["admm_rho"], 0, open_low=True)
+        _real("--admm-rho-growth", settings["admm_rho_growth"], 1, 100)  # ρ never falls
+        _real("--orth-reg", settings["orth_reg"], 0)
+
+    def method_settings(self) -> dict[str, float]:
+        """The training-time methods' settings, ``METHOD_DEFAULTS`` where one is None."""
+        return {name: default if getattr(self, name) is None else getattr(self, name)
+                for name, default in METHOD_DEFAULTS.items()}
+
+
+METHOD_DEFAULTS: dict[str, float] = {
+    "admm_steps": 0, "admm_rho": 0.1, "admm_rho_growth": 1.5, "orth_reg": 0.0}
+"""Unset training-time methods: neither ADMM nor the orthogonality penalty; ADMM's ρ from 0.1,
+1.5× per dual update (why: ``trial.admm``)."""
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -149,6 +147,8 @@ class BaselineConfig:
 
 Procedure = Literal["lpsd", "alpsd", "lowrank"]
 PROCEDURES: tuple[str, ...] = ("lpsd", "alpsd", "lowrank")
+Allocation = Literal["balanced", "uniform", "vbmf"]
+ALLOCATIONS: tuple[str, ...] = ("balanced", "uniform", "vbmf")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,9 @@ class CompressConfig:
         sparse_share: fraction of the compressible layers' budget spent on sparse entries.
         local_passes: passes of local selection over the layers (ALPSD; 0 skips it).
         local_step: share of a layer's entries one local move transfers.
+        allocation: the rank rule of the low-rank parts: ``balanced`` (error-balanced, the ALDS
+            idea), ``uniform`` (one fraction of every layer) or ``vbmf`` (one multiple of
+            every layer's VBMF rank).
     """
 
     procedure: Procedure = "lpsd"
@@ -168,6 +171,7 @@ class CompressConfig:
     sparse_share: float = 0.3
     local_passes: int = 1
     local_step: float = 0.25
+    allocation: Allocation = "balanced"
 
     def __post_init__(self) -> None:
         if self.procedure not in PROCEDURES:
@@ -176,9 +180,12 @@ class CompressConfig:
         _real("--sparse-share", self.sparse_share, 0, 1, open_high=True)
         _count("--local-passes", self.local_passes, 0)
         _real("local step", self.local_step, 0, 1, open_low=True, open_high=True)
+        if self.allocation not in ALLOCATIONS:
+            raise UserInputError(f"unknown allocation {self.allocation!r}; valid: "
+                                 f"{', '.join(ALLOCATIONS)}")
 
 
-STRATEGIES = ("global-local", "flat")
+STRATEGIES = ("ladder", "global-local", "flat")
 SAMPLERS = ("tpe", "nsga2", "random")
 WARM_STARTS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
 """The heuristics a search can run first (``strategy.warm_starts`` builds their plans)."""
@@ -200,30 +207,37 @@ class SearchConfig:
         study_name: name of the study inside the storage.
         warm_starts: heuristics enqueued as the first trials (``warm_starts.WARM_STARTS``).
         sampler: ``tpe``, ``nsga2`` or ``random``.
-        strategy: ``global-local`` or ``flat`` (every parameter sampled in every trial).
+        strategy: ``ladder`` (each trial a size rung and an allocation policy, the heuristics
+            at every rung first, the best of each rung promoted during the run),
+            ``global-local`` or ``flat`` (every per-layer parameter sampled in every trial).
         global_share: share of the trials in the global stage.
         local_share: share of the layers a local trial re-samples.
         promote_steps: fine-tune steps of the promoted (front) trials; 0 disables promotion;
             None (the default): ``PROMOTE_FACTOR`` × the fine-tune steps, filled in
             by ``SearchOptions`` (a bare ``SearchConfig`` handed to the controller promotes
             nothing).
-        promote_margin: trials within this much validation accuracy of the front are promoted.
+        promote_margin: trials within this much validation accuracy of the front are promoted
+            (``global-local`` and ``flat``).
+        promote_top: ``ladder``: the best this many trials of each rung (by validation
+            accuracy after the short fine-tune) are promoted, as soon as the rung's heuristics
+            are measured and whenever a new trial enters them.
         save_models: keep the fine-tuned weights of front trials under ``OUT/models``.
         base_margin: local trials refine front trials within this much of the front's best
             first objective (validation accuracy).
     """
 
-    trials: int = 20
+    trials: int = 40
     seed: int = 0
     storage: str | None = None
     study_name: str = "lpsd-search"
     warm_starts: tuple[str, ...] = WARM_STARTS
     sampler: str = "tpe"
-    strategy: str = "global-local"
+    strategy: str = "ladder"
     global_share: float = 0.4
     local_share: float = 0.3
     promote_steps: int | None = None
     promote_margin: float = 0.005
+    promote_top: int = 2
     save_models: bool = True
     base_margin: float = 0.02
 
@@ -251,6 +265,7 @@ class SearchConfig:
         # Margins are in units of validation accuracy, which lies in [0, 1].
         _real("--promote-margin", self.promote_margin, 0, 1)
         _real("base margin", self.base_margin, 0, 1)
+        _count("--promote-top", self.promote_top, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,10 +348,6 @@ class CompressOptions:
                "a fraction of the baseline's parameters (0.05) or a count (50000)")
         _check_specs(self.model, self.data, self.device)
         _count("--seed", self.seed, 0, MAX_SEED)
-
-
-def _text(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
 
 
 def _check_specs(model: str, data: str, device: str) -> None:

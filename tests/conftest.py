@@ -14,7 +14,7 @@ from lpsd_search.trial.baseline import cached_baseline
 
 @pytest.fixture(scope="session")
 def digits() -> DataSplits:
-    return load_data("digits", seed=0)
+    return load_data("digits")
 
 
 @pytest.fixture(scope="session")

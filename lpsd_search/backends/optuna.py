@@ -48,7 +48,7 @@ from lpsd_search.strategy.faults import (
     write_fault_message,
     writing,
 )
-from lpsd_search.strategy.promotion import promote
+from lpsd_search.strategy.promotion import promote, warm_starts_done
 from lpsd_search.strategy.results_folder import prune_front_models
 from lpsd_search.strategy.runner import TrialOutcome, TrialRunner
 from lpsd_search.strategy.samplers import FixingSampler, make_sampler
@@ -151,7 +151,7 @@ def _run_trials(study: optuna.Study, sampler: FixingSampler, runner: TrialRunner
     fail_dead_trials(study)
     fail_stale(study)
     if config.warm_starts and runner.created_study and not study.trials:
-        enqueue_warm_starts(study, runner, config.warm_starts)
+        enqueue_warm_starts(study, runner, config.warm_starts, config.trials)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     streak = FailureStreak(runner.options.finetune.lr, runner.options.finetune.batch_size)
     while claimed_count(study) < config.trials:
@@ -173,6 +173,10 @@ def _run_trials(study: optuna.Study, sampler: FixingSampler, runner: TrialRunner
         if not has_origin(trial):  # a warm start's origin came with its enqueueing
             set_trial_origin(trial, stage=stage, base=base)
         outcome = _attempt(study, trial, runner, params, config, out_dir)
+        if config.strategy == "ladder" and config.promote_steps and warm_starts_done(study):
+            # Successive halving during the run: each rung's best go to the long fine-tune
+            # as soon as they are known, so the front grows while the search runs.
+            promote(study, runner, config, out_dir, final=False)
         with writing(out_dir):
             write_results(study, out_dir)
             if config.save_models:
@@ -195,10 +199,14 @@ def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
     off the front). When they cannot be saved the trial is failed, with the reason, and the
     run stops: a disk that is full stays full.
     """
+    # A ladder search reports promoted trials only: their promotion measures the test
+    # accuracy and keeps the weights.
+    promoted_front = config.strategy == "ladder" and bool(config.promote_steps)
     try:
         with heartbeat(study, trial):
             outcome = runner.run(params, trial.user_attrs, test=False)
-            if joins_front(study, trial.number, outcome.attrs, config.promote_margin):
+            if not promoted_front and joins_front(study, trial.number, outcome.attrs,
+                                                  config.promote_margin):
                 runner.measure_test(outcome)
     except KeyboardInterrupt:
         set_fail_reason(trial, "interrupted")
@@ -217,7 +225,7 @@ def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
             release_memory()
         return error
     write_attrs(trial, outcome.attrs)
-    if config.save_models and outcome.model is not None:
+    if config.save_models and outcome.model is not None and not promoted_front:
         try:
             runner.save_model(trial.number, outcome.model, outcome.attrs)
         except OSError as error:

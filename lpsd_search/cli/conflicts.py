@@ -39,8 +39,13 @@ _SEARCHES = ("search", "demo")
 _RAY = ("--ray-address", "--cpus-per-trial", "--gpus-per-trial", "--max-concurrent")
 
 RULES: tuple[Rule, ...] = (
-    Rule("--global-share", _SEARCHES, lambda a: a.strategy == "flat", "with --strategy flat",
-         "drop it, or --strategy global-local"),
+    Rule("--global-share", _SEARCHES, lambda a: a.strategy != "global-local",
+         "without --strategy global-local", "drop it, or --strategy global-local"),
+    Rule("--promote-margin", _SEARCHES, lambda a: a.strategy == "ladder",
+         "with --strategy ladder (it promotes each rung's best)",
+         "--promote-top N, or --strategy global-local / flat"),
+    Rule("--promote-top", _SEARCHES, lambda a: a.strategy != "ladder" or a.promote_steps == 0,
+         "without --strategy ladder and promotion", "drop it, or --strategy ladder"),
     Rule("--warm-starts", _SEARCHES, lambda a: a.no_warm_start, "with --no-warm-start",
          "one of the two"),
     Rule("--promote-margin", _SEARCHES, lambda a: a.promote_steps == 0,

@@ -32,7 +32,7 @@ def _train(args: argparse.Namespace) -> None:
     from lpsd_search.config import BaselineConfig
     from lpsd_search.data.splits import load_data
     from lpsd_search.models.checkpoint import save_checkpoint
-    from lpsd_search.trial.baseline import train_baseline
+    from lpsd_search.trial.baseline import baseline_meta, train_baseline
     from lpsd_search.trial.device import resolve_device
     from lpsd_search.trial.preflight import check_output_file
     from lpsd_search.trial.runtime import resolve_runtime
@@ -40,12 +40,14 @@ def _train(args: argparse.Namespace) -> None:
     check_output_file(args.out)  # now, not after the training whose weights it would lose
     device = resolve_device(args.device)
     runtime = resolve_runtime(_runtime_config(args), device)
-    data = load_data(args.data, seed=args.seed)
+    data = load_data(args.data)
     config = BaselineConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             seed=args.seed)
     model, scores = train_baseline(args.model, data, config, device, runtime=runtime)
     save_checkpoint(args.out, model, model_spec=args.model, data_spec=data.spec,
-                    meta={**scores, "epochs": args.epochs, "lr": args.lr, "seed": args.seed})
+                    data_fingerprint=data.fingerprint,
+                    meta=baseline_meta(data, **scores, epochs=args.epochs, lr=args.lr,
+                                       seed=args.seed))
     print(f"saved {args.out}: validation accuracy {scores['accuracy']:.4f}, "
           f"test accuracy {scores['test_accuracy']:.4f}")
 
@@ -62,8 +64,11 @@ def _compress(args: argparse.Namespace) -> None:
                               sparse_share=args.sparse_share, local_passes=args.local_passes),
         checkpoint=args.checkpoint,
         finetune=TrainConfig(steps=args.finetune_steps, lr=args.finetune_lr,
-                             batch_size=args.batch_size, seed=args.seed),
-        baseline=BaselineConfig(epochs=args.train_epochs, seed=args.seed),
+                             batch_size=args.batch_size, seed=args.seed,
+                             admm_steps=args.admm_steps, admm_rho=args.admm_rho,
+                             admm_rho_growth=args.admm_rho_growth, orth_reg=args.orth_reg),
+        # The seed varies the run, not the dense model it starts from.
+        baseline=BaselineConfig(epochs=args.train_epochs),
         device=args.device, runtime=_runtime_config(args), cache_dir=args.cache_dir,
         seed=args.seed,
     )
@@ -73,7 +78,8 @@ def _compress(args: argparse.Namespace) -> None:
           f"than {base['params']:,}), validation accuracy {result['accuracy']:.2%} "
           f"({result['accuracy_before_finetune']:.2%} before the fine-tune; baseline "
           f"{base['accuracy']:.2%}), test {result['test_accuracy']:.2%}")
-    print(f"plan: {args.out / 'plan.json'}")
+    print(f"plan: {args.out / 'plan.json'}; model: {args.out / document['model_file']} "
+          f"(lpsd-search export {args.out} --out FILE.pt)")
 
 
 def _search(args: argparse.Namespace) -> None:
@@ -111,13 +117,9 @@ def _run_ray(args: argparse.Namespace, options: SearchOptions) -> dict[str, Any]
 
 
 def _render(out: Path) -> list[Path]:
-    from lpsd_search.report.html import render_report
+    from lpsd_search.report.html import render_report_or_warn  # matplotlib: only when drawn
 
-    try:
-        return render_report(out)
-    except Exception as error:  # the numbers are on disk already; a drawing problem is minor
-        logger.warning("could not render the visual report: %s", error)
-        return []
+    return render_report_or_warn(out)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -138,6 +140,8 @@ def _export(args: argparse.Namespace) -> None:
     written = export_trial(args.dir, args.trial, args.out,
                            trust_model_spec=args.trust_model_spec)
     print("wrote " + ", ".join(str(path) for path in written))
+    print("both take raw images (float N×C×H×W, pixels as the data stores them) and normalise "
+          "them themselves; the .pt's meta holds the recipe ('preprocessing')")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -148,13 +152,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         UserInputError: the config file is unreadable, invalid, or holds a bad key or value.
     """
     parser = build_parser()
+    tokens = sys.argv[1:] if argv is None else list(argv)
+    relaxed = _relax_required(parser) if any(_names_config(t) for t in tokens) else []
     args = parser.parse_args(argv)
+    defaults: dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        from lpsd_search.cli.options import apply_config
+        from lpsd_search.cli.options import config_defaults, read_config
 
-        apply_config(parser.commands[args.command], args.config)
+        command = parser.commands[args.command]
+        defaults = config_defaults(command, read_config(args.config), repr(str(args.config)))
+        command.set_defaults(**defaults)
+    for action in relaxed:  # what the file does not give, the command line must
+        action.required = action.dest not in defaults
+    if relaxed or defaults:
         args = parser.parse_args(argv)
     return args
+
+
+def _names_config(token: str) -> bool:
+    """Whether a command-line token is ``--config`` (or an abbreviation argparse accepts)."""
+    name = token.partition("=")[0]
+    return len(name) > 3 and "--config".startswith(name)
+
+
+def _relax_required(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """Make the subcommands' required options optional for a first parse: a ``--config``
+    file may give them (``--budget``, say). Returns the actions relaxed."""
+    relaxed = []
+    for command in getattr(parser, "commands", {}).values():
+        for action in command._actions:  # argparse lists its actions only there
+            if action.required and action.option_strings:
+                action.required = False
+                relaxed.append(action)
+    return relaxed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

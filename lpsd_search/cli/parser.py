@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lpsd_search import __version__
 from lpsd_search.config import (
     BACKENDS,
     MAX_SEED,
@@ -30,11 +31,13 @@ from lpsd_search.options import DEMO, option_default
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: …)`` to an option's help unless the default is None/False or the
-    help already says ``(default: …)``."""
+    """Appends ``(required)`` to a required option's help, else ``(default: …)`` unless the
+    default is None/False or the help already says ``(default: …)``."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
+        if action.required and action.option_strings:
+            return text + " (required)"
         default = action.default
         if ("(default:" in text or not action.option_strings or default is None
                 or default is False or default == argparse.SUPPRESS):
@@ -104,6 +107,7 @@ _positive_float = _number(float, "a number", zero=False)
 _fraction = _number(float, "a number", zero=True)
 _share = _number(float, "a number", zero=True, most=1.0)
 _part = _number(float, "a number", zero=True, most=1.0, below=True)
+_growth = _number(float, "a number", zero=False, most=100.0)  # below 1: refused by TrainConfig
 
 
 def _default(name: str, demo: bool = False) -> Any:
@@ -127,7 +131,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_seed_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_seed, default=_default("seed"),
-                        help="seeds the sampler, the fine-tunes and the baseline")
+                        help="seeds the search's sampler and fine-tunes (train: the "
+                             "initialisation and batches); never the data split, which is "
+                             "fixed by the data")
     parser.add_argument("--device", default=_default("device"),
                         help="auto (GPU when present), cpu, cuda:N")
 
@@ -157,7 +163,25 @@ def _add_training(parser: argparse.ArgumentParser, *, demo: bool, tuned: str) ->
         help="epochs of the baseline trained when no --checkpoint is given")
     add("--cache-dir", type=Path,
         help="where trained baselines are cached (default ~/.cache/lpsd-search)")
+    _add_methods(parser)
     _add_runtime(parser)
+
+
+def _add_methods(parser: argparse.ArgumentParser) -> None:
+    """The training-time methods (unset: the search space's ``[training]`` table, else off)."""
+    add = _adder(parser, False)
+    add("--admm-steps", type=_positive_int, metavar="N",
+        help="train the dense model N steps by ADMM towards each plan's ranks (tt, tucker2, "
+             "svd, alds layers) before decomposing it (default: the search space's, else 0 = "
+             "off)")
+    add("--admm-rho", type=_positive_float, metavar="RHO",
+        help="ADMM penalty ρ at the start (default: the search space's, else 0.1)")
+    add("--admm-rho-growth", type=_growth, metavar="G",
+        help="ρ is multiplied by G at each of the 10 ADMM dual updates, 1 to 100 (default: "
+             "the search space's, else 1.5)")
+    add("--orth-reg", type=_fraction, metavar="LAMBDA",
+        help="weight of the penalty Σ‖UᵀU − I‖² on the factor matrices of decomposed layers "
+             "while fine-tuning (default: the search space's, else 0 = off)")
 
 
 def _add_runtime(parser: argparse.ArgumentParser) -> None:
@@ -181,7 +205,8 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML file of options (keys are the long option names); options "
                              "given on the command line win")
-    add("--budget", action=AppendReplacingDefault,
+    # Required by search (a --config file may give it instead: cli.main relaxes it then).
+    add("--budget", action=AppendReplacingDefault, required=not demo,
         help="hard budget, repeatable: a fraction of the baseline's parameters (0.1), a "
              "parameter count (50000), or bytes=… / flops=…")
     add("--trials", type=_count,
@@ -191,23 +216,27 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
         help="knowledge-distillation weight from the dense model (0 = off)")
     add("--distill-temperature", type=_positive_float, help="distillation temperature")
     add("--space", help="search-space preset (default, svd, tucker-vbmf, mtd, lpsd, alpsd, "
-                        "all) or TOML file")
+                        "all, tt-admm, vbmf-orth) or TOML file")
     add("--objectives", help="objectives preset (default, bytes, flops, latency, loss, "
                              "size-and-speed), TOML file, or a list such as accuracy,flops")
     add("--latency-batch", type=_count,
         help="batch size of the measured latency objective")
     add("--sampler", choices=SAMPLERS, help="Optuna sampler")
     add("--strategy", choices=STRATEGIES,
-        help="global knobs first, then per-layer refinements; or flat")
+        help="ladder: each trial a size rung (the budget, then 5x, 10x, 20x … below it) and an "
+             "allocation policy, the heuristics at every rung first; global-local: global "
+             "knobs, then per-layer refinements; flat: every per-layer knob sampled")
     add("--global-share", type=_share, help="share of the trials in the global stage")
     add("--warm-starts", help="heuristic plans run first (comma list; those the space cannot "
                               "express are skipped)")
     parser.add_argument("--no-warm-start", action="store_true", help="no warm starts")
     add("--promote-steps", type=_positive_int,
-        help="fine-tune steps of the trials promoted at the end; 0 disables promotion "
+        help="fine-tune steps of the promoted trials (the front's); 0 disables promotion "
              "(default: 3× --finetune-steps)")
     add("--promote-margin", type=_share,
-        help="promote trials within this validation accuracy of the front")
+        help="global-local/flat: promote trials within this validation accuracy of the front")
+    add("--promote-top", type=_positive_int,
+        help="ladder: promote the best this many trials of each size rung")
     add("--out", type=Path, help="results folder")
     add("--workers", type=_count,
         help="trials run at once, one process each, on the same device and study (several "
@@ -258,6 +287,7 @@ def build_parser() -> CommandParser:
     """The argument parser of every subcommand (``.commands[name]`` is a subcommand's)."""
     parser = CommandParser(prog="lpsd-search", description=(
         "Budget-aware search over per-layer tensor decompositions plus sparse residuals."))
+    parser.add_argument("--version", action="version", version=f"lpsd-search {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     parser.add_argument("--debug", action="store_true",
@@ -292,10 +322,12 @@ def build_parser() -> CommandParser:
     report.add_argument("--study", default=None, help="study name (default: the only one)")
     report.add_argument("--out", type=Path, default=None, help="where to write (default DIR)")
 
-    export = command("export", "write a front trial as a model file (.pt) and a torch.export "
-                               "program (.pt2)")
-    export.add_argument("dir", type=Path, help="results folder of a search")
-    export.add_argument("--trial", type=_positive_int, required=True, help="trial number")
+    export = command("export", "write a front trial (or compress's model) as a model file "
+                               "(.pt) and a torch.export program (.pt2), both taking raw "
+                               "images")
+    export.add_argument("dir", type=Path, help="results folder of a search or of compress")
+    export.add_argument("--trial", type=_positive_int, default=None,
+                        help="trial number (required for a search's folder)")
     export.add_argument("--out", type=Path, required=True, help="model file to write (.pt)")
     export.add_argument("--trust-model-spec", action="store_true",
                         help="rebuild the model from the spec saved in the file even when it "

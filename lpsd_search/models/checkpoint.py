@@ -3,7 +3,12 @@
 A checkpoint is a plain dict written with ``torch.save``::
 
     {"format": "lpsd-search-checkpoint", "version": 1, "model_spec": "resnet20",
-     "data_spec": "digits", "meta": {...JSON values...}, "state_dict": {...tensors...}}
+     "data_spec": "digits", "data_fingerprint": "06b2…", "model_code": null,
+     "meta": {...JSON values...}, "state_dict": {...tensors...}}
+
+``data_fingerprint`` names the data and split the weights were trained on (``DataSplits``'s), and
+``model_code`` the digest of the file a user's ``file.py:fn`` / ``pkg.mod:fn`` spec names; files
+written before they existed lack them (read back as None).
 
 It holds only tensors and JSON values, so it loads with ``weights_only=True`` (no code runs).
 Its ``model_spec`` is data too: whoever rebuilds the model decides whether a spec naming a
@@ -31,6 +36,7 @@ import torch
 from torch import nn
 
 from lpsd_search.errors import UserInputError
+from lpsd_search.models.code import code_digest
 from lpsd_search.models.zoo import absolute_model_spec
 
 CHECKPOINT_FORMAT = "lpsd-search-checkpoint"
@@ -44,13 +50,23 @@ def save_checkpoint(
     model_spec: str,
     data_spec: str,
     meta: Mapping[str, Any],
+    data_fingerprint: str | None = None,
 ) -> None:
     """Write ``model``'s weights and the specs that rebuild it to ``path``, atomically.
 
     The file is written next to its destination and moved into place with ``os.replace``, so
     a crash leaves either the old file or the new one, never half of one. A relative file path
-    in ``model_spec`` (``nets/mine.py:build``) is stored absolute, so the file loads from any
-    working directory.
+    in ``model_spec`` (``nets/mine.py:build``) is stored absolute, with the digest of that file
+    (``model_code``), so the file loads from any working directory and a changed model file is
+    noticed (``changed_code``).
+
+    Args:
+        path: where to write.
+        model: the model whose ``state_dict`` is saved.
+        model_spec: the spec that rebuilds it.
+        data_spec: the data it was trained on.
+        meta: JSON values (NaN and infinities are kept: the file is not JSON text).
+        data_fingerprint: ``DataSplits.fingerprint`` of those data.
 
     Raises:
         TypeError: ``meta`` holds a value that is not plain JSON.
@@ -60,11 +76,14 @@ def save_checkpoint(
         plain_meta = json.loads(json.dumps(dict(meta), allow_nan=True))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"checkpoint meta must hold plain JSON values: {exc}") from None
+    spec = absolute_model_spec(model_spec)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "model_spec": absolute_model_spec(model_spec),
+        "model_spec": spec,
+        "model_code": code_digest(spec),
         "data_spec": data_spec,
+        "data_fingerprint": data_fingerprint,
         "meta": plain_meta,
         "state_dict": model.state_dict(),
     }
@@ -147,15 +166,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise fail("its 'meta' entry is not a dict")
         checkpoint = dict(content)
         checkpoint.setdefault("meta", {})
-        checkpoint.setdefault("model_spec", None)
-        checkpoint.setdefault("data_spec", None)
+        for key in ("model_spec", "model_code", "data_spec", "data_fingerprint"):
+            checkpoint.setdefault(key, None)
         return checkpoint
     if _is_state_dict(content):
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "model_spec": None,
+            "model_code": None,
             "data_spec": None,
+            "data_fingerprint": None,
             "meta": {},
             "state_dict": content,
         }
@@ -196,3 +217,25 @@ def load_weights(model: nn.Module, checkpoint: Mapping[str, Any]) -> None:
             "names); was it saved from a different model?"
         )
     model.load_state_dict(state, strict=True)
+
+
+def changed_code(checkpoint: Mapping[str, Any], spec: str | None = None) -> str | None:
+    """Why the code behind a checkpoint's spec may not be what saved it, or None.
+
+    Args:
+        checkpoint: from :func:`load_checkpoint`.
+        spec: the spec the model is rebuilt from (default: the checkpoint's own).
+
+    Returns:
+        ``model file '/abs/nets.py' changed since it was saved`` when the file a user's spec
+        names has another digest than the one stored; None when it is unchanged, when the spec
+        names no file, or when the checkpoint stored no digest.
+    """
+    spec = spec or checkpoint.get("model_spec")
+    recorded = checkpoint.get("model_code")
+    if not spec or not recorded or spec != checkpoint.get("model_spec"):
+        return None
+    current = code_digest(spec)
+    if current is None or current == recorded:
+        return None
+    return f"model file '{spec.rpartition(':')[0]}' changed since it was saved"

@@ -7,6 +7,8 @@ Valid specs::
     torchvision:NAME                               any ``torchvision.models`` architecture
     package.module:function                        a user's factory, imported
     path/to/file.py:function                       a user's factory, loaded from a file
+    python:NAME@DIGEST                             a module or factory given to the Python API
+                                                   (``models.objects``), in that call only
 
 Every built-in uses standard ``torch.nn`` modules only, so it survives ``torch.save``,
 ``torch.jit.script`` and ONNX export. A user's factory is called with the keyword arguments
@@ -34,6 +36,7 @@ from torch import nn
 
 from lpsd_search.errors import UserInputError
 from lpsd_search.models.cifar import VGG, VGG_CONFIGS, CifarResNet
+from lpsd_search.models.objects import build_given, is_object_spec
 from lpsd_search.models.user_factory import call_factory, import_factory, is_file_target
 from lpsd_search.registry import Registry
 
@@ -215,6 +218,8 @@ def build_model(
     """
     spec = spec.strip()
     arguments = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
+    if is_object_spec(spec):  # an object given to the Python API: only it can build itself
+        return build_given(spec, arguments)
     head, sep, tail = spec.partition(":")
     if head in MODELS:
         options = parse_model_options(head, tail)

@@ -313,3 +313,24 @@ class Pricer:
             else:
                 high = middle
         return self.resolve(requests, max(low, TINY))
+
+
+def plan_requests(pricer: Pricer, plan: Plan,
+                  allowed: Mapping[str, Sequence[str]]) -> dict[str, Request]:
+    """A concrete plan as requests (rank fraction of each layer's parameters), for a repair."""
+    requests = {}
+    for name in allowed:
+        choice = plan.layers.get(name)
+        if choice is None or (choice.method == NONE and not choice.sparsity):
+            requests[name] = Request(NONE)
+        elif choice.method == NONE:
+            requests[name] = Request(SPARSE, 1.0, choice.sparsity)
+        else:
+            assert choice.rank is not None
+            geom = pricer.targets[name].geometry
+            method = get_method(choice.method)
+            structural = {k: v for k, v in choice.options if k in method.structural_options}
+            fraction = method.params(geom, choice.rank, **structural) / geom.dense_params
+            requests[name] = Request(choice.method, fraction, choice.sparsity,
+                                     choice.alternating, choice.options)
+    return requests

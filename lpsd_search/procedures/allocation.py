@@ -6,6 +6,12 @@ every layer gets a ladder of candidate ranks (parameter fractions on a log grid)
 measured relative weight error ``‖W − L‖ / ‖W‖``; one common error target ``ε`` then picks, per
 layer, the cheapest candidate whose error is at most ``ε``, and ``ε`` is bisected until the
 total fits. (ALDS also picks its channel-split ``k`` per layer; we keep the method's default.)
+
+``allocate`` generalises the knob: ``balanced`` bisects the common error target (optionally
+weighted per layer, e.g. tighter for layers the accuracy is sensitive to), ``uniform`` one common
+parameter fraction of every layer, ``vbmf`` one common multiple of each layer's VBMF rank. Every
+rule is monotone in its scalar, so one bisection serves them all, and the search's policies and
+the one-shot heuristics come from the same function at any size.
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from lpsd_search.config import Allocation
 from lpsd_search.decompositions import Compressible, Rank
 from lpsd_search.decompositions.base import get_method, prepare_weight
 from lpsd_search.errors import UserInputError
 
-DEFAULT_FRACTIONS = tuple(float(f) for f in np.geomspace(0.005, 1.0, 16))
+DEFAULT_FRACTIONS = tuple(float(f) for f in np.geomspace(0.002, 1.0, 28))
+"""The ladder's rank fractions: a log grid fine enough (×1.26 a rung) that a uniform rule
+lands within a few per cent of any size, down to 1/500 of a layer for 50× and beyond."""
+
+
 
 
 @dataclass(frozen=True)
@@ -96,3 +107,73 @@ def balanced_ranks(ladders: Mapping[str, Sequence[Candidate]],
         if math.isclose(low, high, rel_tol=1e-6):
             break
     return _pick(ladders, high)
+
+
+def _by_size(ladders: Mapping[str, Sequence[Candidate]], scale: Mapping[str, float],
+             knob: float) -> dict[str, Candidate]:
+    """Per layer the largest candidate within ``knob × scale`` (else its cheapest)."""
+    chosen = {}
+    for name, candidates in ladders.items():
+        within = [c for c in candidates if c.params <= knob * scale[name]]
+        chosen[name] = within[-1] if within else candidates[0]
+    return chosen
+
+
+def _by_error(ladders: Mapping[str, Sequence[Candidate]], weights: Mapping[str, float],
+              knob: float) -> dict[str, Candidate]:
+    """Per layer the cheapest candidate within the error ``weight / knob`` (else its best)."""
+    chosen = {}
+    for name, candidates in ladders.items():
+        target = weights.get(name, 1.0) / knob
+        within = [c for c in candidates if c.error <= target]
+        chosen[name] = within[0] if within else min(candidates, key=lambda c: c.error)
+    return chosen
+
+
+def allocate(ladders: Mapping[str, Sequence[Candidate]], budget: int,
+             allocation: Allocation = "balanced",
+             weights: Mapping[str, float] | None = None,
+             scale: Mapping[str, float] | None = None) -> dict[str, Candidate]:
+    """Per-layer candidates under one scalar rule, as large as ``budget`` parameters allow.
+
+    Args:
+        ladders: per layer its candidates, cheapest first (``ladder``).
+        budget: parameters the chosen candidates may hold together.
+        allocation: ``balanced`` (one error target, each layer's scaled by its weight),
+            ``uniform`` (one fraction of each layer's ``scale``: its dense parameters) or
+            ``vbmf`` (one multiple of each layer's ``scale``: the parameters at its VBMF rank).
+        weights: ``balanced`` only: per-layer multipliers of the error target (below 1: the
+            layer is held to a smaller error). Default 1 (``balanced_ranks``).
+        scale: ``uniform``/``vbmf``: each layer's reference size (required for those).
+
+    Raises:
+        UserInputError: the cheapest candidates of all layers exceed ``budget``.
+    """
+    if allocation == "balanced" and not weights:
+        return balanced_ranks(ladders, budget)
+    cheapest = sum(candidates[0].params for candidates in ladders.values())
+    if cheapest > budget:
+        raise UserInputError(
+            f"the low-rank part needs at least {cheapest} params but only {budget} are left; "
+            "valid: a larger budget, or a smaller share for the sparse part")
+    if allocation != "balanced" and scale is None:
+        raise ValueError(f"allocation {allocation!r} needs each layer's scale")
+
+    def pick(knob: float) -> dict[str, Candidate]:
+        if allocation == "balanced":
+            return _by_error(ladders, weights or {}, knob)
+        assert scale is not None
+        return _by_size(ladders, scale, knob)
+
+    # Both rules grow the model with the knob: bisect its logarithm between bounds that
+    # bracket every ladder (the low end takes every layer's cheapest candidate, which fits).
+    low, high = -40.0, 40.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        if sum(c.params for c in pick(math.exp(middle)).values()) <= budget:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-6:
+            break
+    return pick(math.exp(low))

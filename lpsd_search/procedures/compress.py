@@ -22,7 +22,7 @@ The result is a ``Plan`` that ``apply_plan`` rebuilds exactly and a search can s
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from torch import nn
 from lpsd_search.config import CompressConfig
 from lpsd_search.decompositions import LayerGeometry
 from lpsd_search.decompositions.base import get_method, prepare_weight
+from lpsd_search.decompositions.ranks import suggest_rank
 from lpsd_search.errors import UserInputError
 from lpsd_search.lpsd.layer import fit_low_rank_plus_sparse
 from lpsd_search.plan.apply import apply_plan
@@ -39,7 +40,7 @@ from lpsd_search.plan.budget import Budget, Pricer
 from lpsd_search.plan.choices import LayerChoice, Plan
 from lpsd_search.plan.layers import find_layers
 from lpsd_search.plan.measure import measure
-from lpsd_search.procedures.allocation import balanced_ranks, ladder
+from lpsd_search.procedures.allocation import Candidate, allocate, ladder
 
 if TYPE_CHECKING:
     from lpsd_search.decompositions.cache import FactorCache
@@ -112,59 +113,127 @@ def _global_counts(layers: dict[str, _Layer], total: int) -> dict[str, int]:
     return counts
 
 
+class LadderCache:
+    """Ladders and VBMF sizes of one model's layers, computed once and reused.
+
+    A search builds many plans of the same model; a ladder costs one factorisation per rung
+    (seconds for CP), so the runner keeps one cache for all of them.
+    """
+
+    def __init__(self) -> None:
+        self._ladders: dict[tuple[str, str], list[Candidate]] = {}
+        self._vbmf: dict[tuple[str, str], float] = {}
+
+    def ladder(self, name: str, module: nn.Module, method: str) -> list[Candidate]:
+        key = (name, method)
+        if key not in self._ladders:
+            self._ladders[key] = ladder(module, method)
+        return self._ladders[key]
+
+    def vbmf_params(self, name: str, module: nn.Module, geom: LayerGeometry,
+                    method: str) -> float:
+        """Parameters of the layer at the rank EVBMF finds for ``method``."""
+        key = (name, method)
+        if key not in self._vbmf:
+            rank = suggest_rank(module, method, "vbmf")
+            self._vbmf[key] = float(get_method(method).params(geom, rank))
+        return self._vbmf[key]
+
+
+def _methods(pricer: Pricer, config: CompressConfig,
+             methods: Mapping[str, str] | None) -> dict[str, str]:
+    """Each compressed layer's low-rank method: the given ones, else ``config.low_rank``
+    wherever it applies."""
+    if methods is not None:
+        return {name: method for name, method in methods.items() if name in pricer.targets}
+    method = get_method(config.low_rank)
+    return {name: config.low_rank for name, target in pricer.targets.items()
+            if method.supports(target.geometry)}
+
+
 def compress_model(model: nn.Module, example: torch.Tensor, budget: Budget,
                    config: CompressConfig,
                    objective: Callable[[nn.Module], float] | None = None,
-                   cache: FactorCache | None = None) -> CompressResult:
+                   cache: FactorCache | None = None, *,
+                   methods: Mapping[str, str] | None = None,
+                   weights: Mapping[str, float] | None = None,
+                   ladders: LadderCache | None = None) -> CompressResult:
     """Run Sparsification, ALPSD or low-rank allocation on ``model`` for ``budget``.
 
     Args:
         model: the trained dense model (not modified).
         example: one input batch (fixes the spatial sizes, as in a search).
         budget: the parameter budget of the whole compressed model.
-        config: the procedure and its settings.
+        config: the procedure and its settings (``allocation`` picks the rank rule).
         objective: lower is better, measured on a compressed model (e.g. validation loss);
             used by ALPSD's local selection. None uses the summed squared relative errors.
         cache: factors shared with later builds of the plan.
+        methods: per layer the low-rank method to use; layers left out stay dense. Default:
+            ``config.low_rank`` on every layer it can compress.
+        weights: per-layer multipliers of the error target of the ``balanced`` rule.
+        ladders: ladders kept between calls (a search's plans share them).
 
     Raises:
         UserInputError: the budget cannot hold the uncompressed layers plus the smallest
             low-rank parts.
     """
-    method = get_method(config.low_rank)
     pricer = Pricer(find_layers(model, example), measure(model, example))
     modules = dict(model.named_modules())
-    layers = {name: _Layer(modules[name], target.geometry, prepare_weight(modules[name]),
-                           LayerChoice())
-              for name, target in pricer.targets.items() if method.supports(target.geometry)}
+    chosen = _methods(pricer, config, methods)
+    layers = {name: _Layer(modules[name], pricer.targets[name].geometry,
+                           prepare_weight(modules[name]), LayerChoice())
+              for name in chosen}
     if not layers:
         raise UserInputError(f"{config.low_rank} cannot compress any layer of this model")
+    ladders = ladders if ladders is not None else LadderCache()
     fixed = pricer.baseline.params - sum(layer.geom.dense_params for layer in layers.values())
     available = budget.limit - fixed
-    share = 0.0 if config.procedure == "lowrank" else config.sparse_share
-    ladders = {name: ladder(layer.module, config.low_rank) for name, layer in layers.items()}
-    allocated = balanced_ranks(ladders, int((1 - share) * available))
+    steps = {name: ladders.ladder(name, layer.module, chosen[name])
+             for name, layer in layers.items()}
+    share = _sparse_share(config, steps, available)
+    scale = None
+    if config.allocation == "uniform":
+        scale = {name: float(layer.geom.dense_params) for name, layer in layers.items()}
+    elif config.allocation == "vbmf":
+        scale = {name: ladders.vbmf_params(name, layer.module, layer.geom, chosen[name])
+                 for name, layer in layers.items()}
+    allocated = allocate(steps, int((1 - share) * available), config.allocation,
+                         weights=weights, scale=scale)
     for name, candidate in allocated.items():
-        layers[name].choice = LayerChoice(config.low_rank, candidate.rank)
-        _fit(layers[name], config.low_rank, False)
+        layers[name].choice = LayerChoice(chosen[name], candidate.rank)
+        _fit(layers[name], chosen[name], False)
     sparse_total = available - sum(c.params for c in allocated.values())
     if config.procedure != "lowrank":
         counts = _global_counts(layers, sparse_total)
         alternating = config.procedure == "alpsd"
         for name, layer in layers.items():
             layer.kept = counts[name]
-            _fit(layer, config.low_rank, alternating)
+            _fit(layer, chosen[name], alternating)
     score = _objective_fn(model, layers, objective, cache)
     current = score()
     moves: list[tuple[str, str, int]] = []
     if config.procedure == "alpsd":
         for _ in range(config.local_passes):
-            current = _local_selection(layers, config, score, current, moves)
+            current = _local_selection(layers, chosen, config, score, current, moves)
     plan = Plan({name: layer.choice for name, layer in layers.items()})
     logger.info("%s: %d params predicted, objective %.4f, %d local moves", config.procedure,
                 pricer.size(plan).params, current, len(moves))
     return CompressResult(plan, {n: layer.error for n, layer in layers.items()}, current,
                           tuple(moves))
+
+
+def _sparse_share(config: CompressConfig, steps: Mapping[str, Sequence[Candidate]],
+                  available: int) -> float:
+    """The sparse part's share of ``available``: the configured one, shrunk when the low-rank
+    part's cheapest ranks would not fit beside it (small models at high compression)."""
+    share = 0.0 if config.procedure == "lowrank" else config.sparse_share
+    cheapest = sum(candidates[0].params for candidates in steps.values())
+    if share > 0 and cheapest > (1 - share) * available and cheapest < available:
+        shrunk = max(0.0, 1 - cheapest / available)
+        logger.info("sparse share %.2f leaves too little for the low-rank part; using %.3f",
+                    share, shrunk)
+        return shrunk
+    return share
 
 
 def _objective_fn(model: nn.Module, layers: dict[str, _Layer],
@@ -200,11 +269,10 @@ def _loss(layer: _Layer, entries: int) -> float:
     return float(low.square().sum() / layer.weight.square().sum())
 
 
-def _local_selection(layers: dict[str, _Layer], config: CompressConfig,
-                     score: Callable[[], float], current: float,
+def _local_selection(layers: dict[str, _Layer], methods: Mapping[str, str],
+                     config: CompressConfig, score: Callable[[], float], current: float,
                      moves: list[tuple[str, str, int]]) -> float:
     """One pass of ALPSD's local selection; returns the objective after it."""
-    method = config.low_rank
     for name in sorted(layers, key=lambda n: -layers[n].geom.dense_params):
         layer = layers[name]
         step = max(1, round(config.local_step * max(layer.kept, 1)))
@@ -228,7 +296,7 @@ def _local_selection(layers: dict[str, _Layer], config: CompressConfig,
             layers[source].kept -= step
             layers[target].kept += step
             for n in (source, target):
-                _fit(layers[n], method, True)
+                _fit(layers[n], methods[n], True)
             trial = score()
             if trial < current:
                 current = trial

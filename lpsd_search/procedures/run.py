@@ -1,15 +1,19 @@
-"""``lpsd-search compress``: one whole-model LPSD / ALPSD / low-rank run, written as ``plan.json``.
+"""``lpsd-search compress``: one whole-model LPSD / ALPSD / low-rank run, written as ``plan.json``
+and ``model.pt``.
 
 Data → dense model → procedure (``compress.compress_model``) → short fine-tune → measurements.
 The plan in ``plan.json`` is what ``apply_plan`` rebuilds; the measurements are taken on the
 built model (sizes) and on the validation and test splits (accuracy before and after the
-fine-tune).
+fine-tune). The fine-tuned model is kept as ``model.pt``, a saved model like a search's front
+points (``lpsd-search export OUT --out m.pt``, ``lpsd_search.load``). ``plan.json`` is strict
+JSON: what was not measured (latency, say) is null, never NaN.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict
 from typing import Any
@@ -27,6 +31,7 @@ from lpsd_search.procedures.compress import compress_model
 from lpsd_search.trial.baseline import new_model, prepare_baseline
 from lpsd_search.trial.device import resolve_device
 from lpsd_search.trial.evaluate import Evaluator, validation_loss
+from lpsd_search.trial.export import COMPRESSED_MODEL, save_compressed
 from lpsd_search.trial.preflight import check_output_dir
 from lpsd_search.trial.runtime import resolve_runtime
 from lpsd_search.trial.train import accuracy
@@ -51,8 +56,20 @@ def _check_budget(options: CompressOptions, data: DataSplits, spec: BudgetSpec) 
     pricer.check_reachable(budget, allowed)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made None (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def run_compress(options: CompressOptions) -> dict[str, Any]:
-    """Run the procedure, fine-tune and measure; write and return the ``plan.json`` document."""
+    """Run the procedure, fine-tune and measure; write ``model.pt`` and ``plan.json`` and return
+    the ``plan.json`` document."""
     budget_spec = parse_budget(options.budget)
     if budget_spec.metric != "params":
         raise UserInputError(f"--budget {options.budget!r}: compress takes a parameter budget; "
@@ -60,19 +77,19 @@ def run_compress(options: CompressOptions) -> dict[str, Any]:
     get_method(options.config.low_rank)  # an unknown method fails before any data is loaded
     check_output_dir(options.out)  # before the work, whose result would otherwise be lost
     device = resolve_device(options.device)
-    data = load_data(options.data, seed=options.seed)
+    data = load_data(options.data)
     _check_budget(options, data, budget_spec)
+    runtime = resolve_runtime(options.runtime, device)  # its threads also train the baseline
     model = prepare_baseline(options.model, data, options.checkpoint, options.baseline, device,
                              options.cache_dir)
-    runtime = resolve_runtime(options.runtime, device)
     evaluator = Evaluator(model, data, options.finetune, device, runtime=runtime)
     baseline = evaluator.baseline()
     budget = budget_spec.resolve(baseline.params)
     result = compress_model(evaluator.model, evaluator.example, budget, options.config,
                             objective=validation_loss(data, device), cache=evaluator.cache)
     before = accuracy(evaluator.build(result.plan), data.val, device, runtime=runtime)
-    measured, _ = evaluator.evaluate(result.plan)
-    document = {
+    measured, tuned = evaluator.evaluate(result.plan)
+    document: dict[str, Any] = {
         "model": options.model, "data": data.spec,
         "procedure": asdict(options.config),
         "runtime": runtime.describe(),
@@ -84,10 +101,17 @@ def run_compress(options: CompressOptions) -> dict[str, Any]:
         "plan": result.plan.to_dict(),
         "layer_errors": result.errors,
         "local_moves": [list(move) for move in result.moves],
+        "model_file": COMPRESSED_MODEL,
     }
+    document = json_safe(document)
     options.out.mkdir(parents=True, exist_ok=True)
+    save_compressed(options.out / COMPRESSED_MODEL, tuned, model_spec=options.model, data=data,
+                    plan=document["plan"], meta={
+                        key: value for key, value in document["compressed"].items()
+                        if value is not None} | {"procedure": options.config.procedure})
     path = options.out / "plan.json"
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    temporary.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n",
+                         encoding="utf-8")
     os.replace(temporary, path)
     return document

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lpsd_search.errors import UserInputError
-from lpsd_search.report.pareto import hypervolume_2d
+from lpsd_search.report.pareto import log_size_hypervolume
 
 MEASURES = ("params", "bytes", "flops", "accuracy", "test_accuracy")
 COMPRESSION_LEVELS = (2.0, 5.0, 10.0, 20.0, 40.0)
@@ -213,18 +211,22 @@ def budget_label(budget: dict[str, Any], baseline: dict[str, float]) -> str:
 def hypervolume_curve(data: ReportData) -> list[tuple[int, float]]:
     """Hypervolume after each trial, in trial number order.
 
-    2-D hypervolume of validation accuracy (maximised) and params (minimised) over the
-    completed feasible trials seen so far, with reference point (0 accuracy, baseline params),
-    divided by the baseline's params: 1.0 would be a perfect model of no size.
+    ``report.pareto.log_size_hypervolume`` of validation accuracy and params over the
+    completed feasible trials seen so far: reference at (0 accuracy, the params budget, or
+    the baseline's params without one), size on a log scale down to 1000× below it, so a
+    front that reaches far below the budget counts as much as one that crowds at it.
     """
     curve: list[tuple[int, float]] = []
-    seen: list[list[float]] = []
-    reference = (0.0, data.baseline["params"])
+    accuracy: list[float] = []
+    params: list[float] = []
+    limits = [float(b["limit"]) for b in data.budgets
+              if b.get("metric", "params") == "params" and b.get("limit")]
+    reference = min(limits) if limits else float(data.baseline["params"])
     for row in data.trials:
-        if row.completed and row.feasible:
-            seen.append([row.measures["accuracy"], row.measures["params"]])
-        volume = hypervolume_2d(np.array(seen), [True, False], reference) if seen else 0.0
-        curve.append((row.trial, volume / data.baseline["params"]))
+        if row.completed and row.feasible and row.measures["params"] <= reference:
+            accuracy.append(row.measures["accuracy"])
+            params.append(row.measures["params"])
+        curve.append((row.trial, log_size_hypervolume(accuracy, params, reference)))
     return curve
 
 

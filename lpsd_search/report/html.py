@@ -271,3 +271,13 @@ def render_report(out_dir: Path) -> list[Path]:
     """
     data = load_report(out_dir)
     return [render_png(out_dir, data), render_html(out_dir, data)]
+
+
+def render_report_or_warn(out_dir: Path) -> list[Path]:
+    """``render_report``, logging a warning instead of failing: the numbers are on disk
+    already, and a drawing problem must not turn a finished search into an error."""
+    try:
+        return render_report(out_dir)
+    except Exception as error:
+        logger.warning("could not render the visual report: %s", error)
+        return []

@@ -22,6 +22,7 @@ never change, so studies written by earlier versions stay readable.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -65,14 +66,18 @@ EXTRA = ("loss", "latency_ms")
 SECONDS = "seconds"
 PHASES = ("build_seconds", "finetune_seconds", "eval_seconds")
 """Where a trial's ``seconds`` went (trials measured before they were recorded lack them)."""
-MEASUREMENT_KEYS = (*MEASURES, SECONDS, *EXTRA, "finetune_steps", *PHASES)
+TRAINING_METHODS = ("admm_steps", "admm_rho", "admm_rho_growth", "orth_reg")
+"""How the trial's model was trained besides its fine-tune: ADMM steps and schedule before it
+was decomposed (``trial.admm``; ρ and its growth are stored only when ADMM ran) and the weight of
+the orthogonality penalty in its fine-tune (``trial.orthogonal``)."""
+MEASUREMENT_KEYS = (*MEASURES, SECONDS, *EXTRA, "finetune_steps", *PHASES, *TRAINING_METHODS)
 """The fields of ``trial.evaluate.Measurement``, stored one attribute each."""
 FINETUNED = ("accuracy", "test_accuracy", "loss")
 """Measurements a longer fine-tune changes; the others are fixed by the plan."""
 
 # -- values ---------------------------------------------------------------------------------------
 
-FLAT, GLOBAL, LOCAL, WARM = "flat", "global", "local", "warm"
+FLAT, GLOBAL, LOCAL, WARM, LADDER = "flat", "global", "local", "warm", "ladder"
 """Stages: every knob sampled; global knobs only; one base trial refined; a warm start."""
 SAMPLED = "sampled"
 """The source of a trial its sampler chose (a warm start's source is its label)."""
@@ -116,6 +121,18 @@ def measurement_attrs(measured: Measured | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values if not (isinstance(v, float) and math.isnan(v))}
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made None: strict JSON has no such numbers,
+    and ``pareto.json`` is read by other tools than Python's ``json``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def write_attrs(target: Writable, attrs: Mapping[str, Any]) -> None:
     """Set every entry of ``attrs`` on a study or trial."""
     for key, value in attrs.items():
@@ -144,8 +161,20 @@ def write_study_header(study: Writable, *, config: Mapping[str, Any],
     study.set_user_attr(BUDGET, budgets[0])
     study.set_user_attr(OBJECTIVES, dict(objectives))
     study.set_user_attr(LAYERS, dict(layers))
+    _name_metrics(study, objectives)
     # Written last: another worker that sees the config sees the whole header.
     study.set_user_attr(CONFIG, dict(config))
+
+
+def _name_metrics(study: Writable, objectives: Mapping[str, Any]) -> None:
+    """Name the study's values after its objectives, so optuna-dashboard (and Optuna's plots)
+    show ``accuracy`` / ``params`` rather than ``Objective 0`` / ``Objective 1``."""
+    names = [str(o.get("name", o.get("key"))) for o in objectives.get("objectives", [])]
+    setter = getattr(study, "set_metric_names", None)
+    if names and callable(setter):
+        with warnings.catch_warnings():  # experimental in Optuna 3 to 5; stable in behaviour
+            warnings.simplefilter("ignore")
+            setter(names)
 
 
 def study_config(study: Attributed) -> dict[str, Any] | None:
@@ -248,9 +277,11 @@ def set_trial_origin(trial: Writable, *, stage: str, source: str = SAMPLED,
     write_attrs(trial, origin_attrs(stage, source, base))
 
 
-def warm_start_attrs(label: str, plan: Mapping[str, Any]) -> dict[str, Any]:
-    """The attributes a warm start is enqueued with: its label and its exact plan."""
-    return {**origin_attrs(WARM, label), PLAN_OVERRIDE: dict(plan)}
+def warm_start_attrs(label: str, plan: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The attributes a warm start is enqueued with: its label and its exact plan (none for
+    a ladder warm start, whose parameters give its plan exactly)."""
+    attrs = origin_attrs(WARM, label)
+    return attrs if plan is None else {**attrs, PLAN_OVERRIDE: dict(plan)}
 
 
 def has_origin(trial: Attributed) -> bool:
@@ -339,6 +370,12 @@ def outcome_attrs(*, plan: Mapping[str, Any], predicted_params: int, node: str,
 def trial_runtime(trial: Attributed) -> dict[str, Any]:
     """How the trial ran (precision, threads, …); empty for trials recorded before that."""
     return dict(trial.user_attrs.get(RUNTIME, {}))
+
+
+def trial_training(trial: Attributed) -> dict[str, Any]:
+    """The trial's training-time methods (``TRAINING_METHODS``); empty for trials recorded
+    before they existed."""
+    return {k: trial.user_attrs[k] for k in TRAINING_METHODS if k in trial.user_attrs}
 
 
 def trial_phases(trial: Attributed) -> dict[str, float]:

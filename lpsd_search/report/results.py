@@ -30,6 +30,7 @@ from lpsd_search.report.record import (
     PHASES,
     SAMPLED,
     fail_reason,
+    json_safe,
     promoted_measures,
     study_baseline,
     study_budget,
@@ -185,6 +186,10 @@ def front(rows: Sequence[TrialRow], budgets: int | Sequence[dict[str, Any]],
     """
     objectives = objectives or DEFAULT_OBJECTIVES
     keys = [o["key"] for o in objectives]
+    if fidelity == "promoted" and any(row.promoted is not None for row in rows):
+        # One fidelity per front: once trials are promoted, the front holds only those (a
+        # short fine-tune next to a long one would compare unlike measurements).
+        rows = [row for row in rows if row.promoted is not None]
     values = np.full((len(rows), len(keys)), np.nan)
     feasible = np.zeros(len(rows), dtype=bool)
     for index, row in enumerate(rows):
@@ -219,7 +224,7 @@ def pareto_document(study: optuna.Study) -> dict[str, Any]:
     points = []
     for row in front(trial_rows(study), budgets, objectives):
         point: dict[str, Any] = {"trial": row.trial}
-        point.update({k: row.measures[k] for k in MEASURES})
+        point.update({k: row.measures[k] for k in MEASURES if k in row.measures})
         point.update({k: row.measures[k] for k in EXTRA if k in row.measures})
         point["compression"] = baseline["params"] / row.measures["params"]
         point["source"] = row.source
@@ -243,8 +248,9 @@ def pareto_document(study: optuna.Study) -> dict[str, Any]:
 def write_results(study: optuna.Study, out_dir: Path) -> dict[str, Any]:
     """Write ``pareto.json`` and ``trials.csv`` into ``out_dir``; return the pareto document."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = pareto_document(study)
-    _atomic_write(out_dir / "pareto.json", json.dumps(document, indent=2) + "\n")
+    document = json_safe(pareto_document(study))
+    _atomic_write(out_dir / "pareto.json",
+                  json.dumps(document, indent=2, allow_nan=False) + "\n")
     baseline_params = document["baseline"]["params"]
     front_trials = {p["trial"] for p in document["points"]}
     lines: list[list[Any]] = [["trial", "state", *MEASURES, *EXTRA, "compression", "feasible",

@@ -231,7 +231,7 @@ def hypervolume_svg(curve: Sequence[tuple[int, float]]) -> str:
     tick_step = max(1, math.ceil(last / 10))
     y_ticks = [(v / 10, f"{v / 10:.1f}") for v in range(0, round(y_high * 10) + 1)]
     parts = _axes(scale, [(t, str(t)) for t in range(0, last + 1, tick_step)], y_ticks,
-                  "trial number", "hypervolume (fraction of 100 % × baseline params)")
+                  "trial number", "hypervolume (accuracy × log10 size below the budget / 3)")
     corners: list[str] = []
     previous = 0.0
     for trial, volume in curve:

@@ -24,6 +24,7 @@ from lpsd_search.config import SearchConfig
 from lpsd_search.report.record import (
     FLAT,
     GLOBAL,
+    LADDER,
     LOCAL,
     has_worker,
     trial_stage,
@@ -141,6 +142,8 @@ def choose_stage(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
     """The next trial's stage, the parameters it fixes, and its base trial (local stage)."""
     if config.strategy == "flat":
         return FLAT, {}, None
+    if config.strategy == "ladder":
+        return LADDER, {}, None
     done = completed_count(study)
     if done < math.ceil(config.global_share * config.trials):
         return GLOBAL, runner.space.neutral_local(), None

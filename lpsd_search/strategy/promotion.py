@@ -1,6 +1,10 @@
 """Multi-fidelity: trials on (or near) the front get a longer fine-tune, and the front reports it.
 
-Optuna cannot prune multi-objective studies, so the rule is ours: when the search has its trials,
+Optuna cannot prune multi-objective studies, so the rule is ours. A ladder search halves within
+size buckets during the run: once its warm starts are measured, the best ``promote_top`` trials
+of each size rung (by the first objective after the short fine-tune; every trial of a rung has
+about the rung's size) are re-run with ``promote_steps`` fine-tune steps, and again whenever a
+new trial enters a rung's best. The other strategies promote when the search has its trials:
 every feasible trial that would be non-dominated if its validation accuracy were ``margin``
 higher (its validation loss ``margin`` lower) is re-run from its plan with ``promote_steps``
 fine-tune steps. The promoted measurements are stored in the study
@@ -36,6 +40,7 @@ from lpsd_search.report.results import (
     write_results,
 )
 from lpsd_search.strategy.faults import writing
+from lpsd_search.strategy.policies import RUNG
 from lpsd_search.strategy.results_folder import prune_front_models
 
 if TYPE_CHECKING:
@@ -56,6 +61,37 @@ def candidates(study: optuna.Study, margin: float) -> list[int]:
                  fidelity="short", margin=margin)
     # Promoted in trial order, as they finished.
     return sorted(row.trial for row in rows)
+
+
+def rung_candidates(study: optuna.Study, top: int, minimum: int = 1) -> list[int]:
+    """The best ``top`` feasible completed trials of each size rung holding at least
+    ``minimum`` of them, by number.
+
+    Ranked by the first objective on the trials' short fine-tune (ties: the earlier trial).
+    A rung with fewer trials has no ranking worth a long fine-tune yet (every trial would be
+    among its best); the end of the search promotes every rung's best (``minimum`` 1).
+    """
+    objectives = study_objectives(study)
+    first = objectives[0]
+    sign = 1.0 if first["direction"] == "maximize" else -1.0
+    budgets = study_budgets(study)
+    params = {t.number: t.params for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    by_rung: dict[float, list[tuple[float, int]]] = {}
+    for row in trial_rows(study):
+        rung = params.get(row.trial, {}).get(RUNG)
+        value = row.measured.get(first["key"])
+        if rung is None or value is None or not row.feasible(budgets, "short"):
+            continue
+        by_rung.setdefault(float(rung), []).append((-sign * float(value), row.trial))
+    chosen = [number for ranked in by_rung.values() if len(ranked) >= minimum
+              for _, number in sorted(ranked)[:top]]
+    return sorted(chosen)
+
+
+def warm_starts_done(study: optuna.Study) -> bool:
+    """Whether no enqueued trial (warm start) waits to be run."""
+    return not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
 
 
 def claim_promotion(study: optuna.Study, number: int, worker: str) -> optuna.Study | None:
@@ -110,16 +146,27 @@ def _gone(worker: str | None) -> bool:
     return False
 
 
+RUNG_MINIMUM_FACTOR = 2
+"""During a ladder search a rung's best are promoted once it holds more than this many times
+``promote_top`` trials (its heuristics, or random trials of a search without warm starts)."""
+
+
 def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
-            out_dir: Path) -> list[int]:
+            out_dir: Path, *, final: bool = True) -> list[int]:
     """Re-run the candidates with the longer fine-tune; returns the trials promoted now.
+
+    ``final`` False (a ladder search's promotions during the run) promotes only in rungs that
+    already hold enough trials to rank.
 
     Raises:
         RunFault: a promoted model or the results could not be written.
     """
     done = []
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    for number in candidates(study, config.promote_margin):
+    minimum = 1 if final else RUNG_MINIMUM_FACTOR * config.promote_top + 1
+    chosen = (rung_candidates(study, config.promote_top, minimum)
+              if config.strategy == "ladder" else candidates(study, config.promote_margin))
+    for number in chosen:
         if is_promoted(study, number):
             continue
         claim = claim_promotion(study, number, worker)

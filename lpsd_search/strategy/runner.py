@@ -26,7 +26,7 @@ from torch import nn
 from lpsd_search.config import SearchOptions
 from lpsd_search.data.splits import DataSplits, load_data
 from lpsd_search.errors import UserInputError
-from lpsd_search.plan.budget import Budget, Pricer, parse_budgets
+from lpsd_search.plan.budget import SPARSE, Budget, Pricer, parse_budgets
 from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.layers import TargetLayer, find_layers
 from lpsd_search.plan.measure import ModelSize, measure
@@ -38,8 +38,10 @@ from lpsd_search.report.record import (
     study_config,
     write_study_header,
 )
+from lpsd_search.strategy.ladder import LadderPlanner
 from lpsd_search.strategy.objectives import ObjectiveSet, load_objectives
-from lpsd_search.strategy.params import BoundSpace
+from lpsd_search.strategy.params import BoundSpace, suggest
+from lpsd_search.strategy.policies import RUNG
 from lpsd_search.strategy.results_folder import check_results_folder
 from lpsd_search.strategy.spaces import SearchSpace, load_space
 from lpsd_search.strategy.storage import check_url, default_url, open_storage
@@ -98,6 +100,12 @@ class TrialRunner:
                                                 fitted.pricer)
         modules = dict(self.evaluator.model.named_modules())
         self.space = BoundSpace(space, targets, allowed, modules)
+        self.ladder: LadderPlanner | None = None
+        if options.search.strategy == "ladder":
+            self.ladder = LadderPlanner(
+                self.evaluator.model, self.evaluator.example, data, self.device, self.pricer,
+                allowed, self.space.small, self.budgets, self.evaluator.cache,
+                sparse=space.has_sparsity or any(SPARSE in m for m in allowed.values()))
         self.node = socket.gethostname()
         self.created_study = False
 
@@ -117,13 +125,16 @@ class TrialRunner:
         check_url(url)
         check_results_folder(options.out, url, options.search.study_name)
         device = resolve_device(options.device)
-        data = load_data(options.data, seed=options.search.seed)
+        data = load_data(options.data)
         # Sizes need no trained weights: a model that does not fit the data (``new_model``
         # runs one batch through it), a space that selects no layer or a budget no plan meets
         # fails here, before a baseline is trained.
         untrained = new_model(options.model, data, options.baseline.seed)
         height, width = data.input_size
         _fit_space(options, untrained, torch.zeros(1, data.in_channels, height, width))
+        # Threads first: a baseline trained at torch's default thread count beside other jobs
+        # ran ten times slower than at the cores this process has (issue 16).
+        resolve_runtime(options.runtime, device)
         model = prepare_baseline(options.model, data, options.checkpoint, options.baseline,
                                  device, options.cache_dir)
         return cls(options, data, model)
@@ -139,15 +150,20 @@ class TrialRunner:
         return [o.name for o in self.objectives.objectives]
 
     def distributions(self) -> dict[str, BaseDistribution]:
+        """The parameters of a trial: a rung and a policy (ladder), else the space's."""
+        if self.ladder is not None:
+            return self.ladder.space.distributions()
         return self.space.distributions()
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        if self.ladder is not None:
+            return {key: suggest(trial, key, dist) for key, dist in self.distributions().items()}
         return self.space.suggest(trial)
 
     def identity(self) -> dict[str, Any]:
         """Settings that must match for a stored study to be continued."""
         options = self.options
-        return {
+        identity: dict[str, Any] = {
             "model": options.model, "data": self.data.spec, "space": self.space.space.name,
             "budget": ",".join(b.requested for b in self.budgets),
             "objectives": ",".join(self.objective_names),
@@ -155,6 +171,14 @@ class TrialRunner:
             "distill": options.finetune.distill_alpha, "seed": options.search.seed,
             "checkpoint": file_digest(options.checkpoint) if options.checkpoint else "trained",
         }
+        # Recorded only where they differ from what older studies ran (global-local, no
+        # training-time methods), so those stay continuable with the same options.
+        if options.search.strategy != "global-local":
+            identity["strategy"] = options.search.strategy
+        methods = options.finetune.method_settings()
+        if methods["admm_steps"] or methods["orth_reg"]:
+            identity.update(methods)
+        return identity
 
     def storage_url(self) -> str:
         return self.options.search.storage or default_url(self.options.out)
@@ -204,9 +228,7 @@ class TrialRunner:
         from lpsd_search.trial.export import save_trial_model
 
         save_trial_model(self.options.out, number, model, plan=attrs[PLAN],
-                         measures=attrs, model_spec=self.options.model, data_spec=self.data.spec,
-                         input_shape=(self.data.in_channels, *self.data.input_size),
-                         num_classes=self.data.num_classes)
+                         measures=attrs, model_spec=self.options.model, data=self.data)
 
     # -- one trial --------------------------------------------------------------------------
 
@@ -217,6 +239,8 @@ class TrialRunner:
             plan = Plan.from_dict(override)
             if self.pricer.fits(plan, self.budgets):
                 return plan
+        if self.ladder is not None and RUNG in params:
+            return self.ladder.plan(params)
         requests = self.space.requests(params)
         return self.pricer.fit(requests, self.budgets, self.space.allowed)
 
@@ -230,9 +254,13 @@ class TrialRunner:
             steps: fine-tune steps (default: the search's).
             test: measure the test accuracy now (else ``measure_test`` may add it later).
         """
+        began = time.perf_counter()
         plan = self.plan_for(params, plan_override(attrs or {}))
+        planned = time.perf_counter() - began  # an allocation (ALPSD's local moves) counts
         predicted = self.pricer.size(plan)
         measured, model = self.evaluator.evaluate(plan, steps, test=test)
+        measured = replace(measured, seconds=measured.seconds + planned,
+                           build_seconds=measured.build_seconds + planned)
         if (measured.params, measured.bytes, measured.flops) != (
                 predicted.params, predicted.bytes, predicted.flops):
             logger.warning("closed-form size %s differs from the built model's %s",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import optuna
 
@@ -25,6 +26,7 @@ from lpsd_search.decompositions.base import get_method
 from lpsd_search.decompositions.ranks import suggest_rank
 from lpsd_search.errors import UserInputError
 from lpsd_search.plan.budget import SPARSE, Request
+from lpsd_search.plan.budget import plan_requests as budget_requests
 from lpsd_search.plan.choices import NONE, Plan
 from lpsd_search.procedures.compress import compress_model
 from lpsd_search.report.record import warm_start_attrs
@@ -44,22 +46,7 @@ def _first_low_rank(methods: Sequence[str]) -> str | None:
 
 def plan_requests(runner: TrialRunner, plan: Plan) -> dict[str, Request]:
     """A concrete plan as requests (rank fraction of each layer's parameters)."""
-    requests = {}
-    for name in runner.space.allowed:
-        choice = plan.layers.get(name)
-        if choice is None or (choice.method == NONE and not choice.sparsity):
-            requests[name] = Request(NONE)
-        elif choice.method == NONE:
-            requests[name] = Request(SPARSE, 1.0, choice.sparsity)
-        else:
-            assert choice.rank is not None
-            geom = runner.pricer.targets[name].geometry
-            method = get_method(choice.method)
-            structural = {k: v for k, v in choice.options if k in method.structural_options}
-            fraction = method.params(geom, choice.rank, **structural) / geom.dense_params
-            requests[name] = Request(choice.method, fraction, choice.sparsity,
-                                     choice.alternating, choice.options)
-    return requests
+    return budget_requests(runner.pricer, plan, runner.space.allowed)
 
 
 def _params_fraction(runner: TrialRunner) -> float:
@@ -165,8 +152,35 @@ def warm_start_plans(runner: TrialRunner, names: Sequence[str]) -> list[tuple[st
     return plans
 
 
-def enqueue_warm_starts(study: optuna.Study, runner: TrialRunner, names: Sequence[str]) -> int:
-    """Enqueue the heuristics' plans as the first trials; returns how many were enqueued."""
+LADDER_ORDER = ("alpsd", "alds", "lpsd", "vbmf", "uniform")
+"""The order the ladder runs its heuristics in (those published as strongest first), so that a
+search with fewer trials than heuristics × rungs still has the strongest at every rung."""
+
+
+def ladder_warm_starts(runner: TrialRunner, names: Sequence[str],
+                       limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """The named heuristics at every rung as (label, parameters), at most ``limit`` of them."""
+    assert runner.ladder is not None
+    space = runner.ladder.space
+    ordered = sorted(names, key=lambda n: LADDER_ORDER.index(n) if n in LADDER_ORDER else 99)
+    starts = [(f"{name} {rung:.3g}x", space.params(rung, policy))
+              for name, policy in space.heuristics(ordered) for rung in space.rungs]
+    return starts[:limit]
+
+
+def enqueue_warm_starts(study: optuna.Study, runner: TrialRunner, names: Sequence[str],
+                        limit: int | None = None) -> int:
+    """Enqueue the heuristics' plans as the first trials; returns how many were enqueued.
+
+    A ladder search enqueues each heuristic's parameters at every rung (at most ``limit``);
+    the others their plans at the budget.
+    """
+    if runner.ladder is not None:
+        starts = ladder_warm_starts(runner, names, limit if limit is not None else 10**6)
+        for label, params in starts:
+            study.enqueue_trial(params, user_attrs=warm_start_attrs(label))
+            logger.info("warm start %s", label)
+        return len(starts)
     plans = warm_start_plans(runner, names)
     for label, plan in plans:
         params = runner.space.params_for(plan_requests(runner, plan))

@@ -4,11 +4,14 @@
 (precision, memory format, threads), ``batching`` (data resident on the device), ``evaluate`` (the
 ``Evaluator`` and its ``Measurement``), ``baseline`` (the dense starting point: loaded, or
 trained with the same loop and cached), ``device`` and ``export`` (compressed models on disk:
-front weights, ``load``, ``torch.export`` programs).
+front weights, ``load``, ``torch.export`` programs). ``admm`` (ADMM training of the dense model
+towards a plan's ranks) and ``orthogonal`` (the factors' orthogonality penalty) are the
+training-time methods, extra terms of the loop's loss (``train.Regulariser``).
 """
 
 from __future__ import annotations
 
+from lpsd_search.trial.admm import AdmmRegulariser, admm_train
 from lpsd_search.trial.baseline import (
     cached_baseline,
     default_cache_dir,
@@ -35,8 +38,10 @@ from lpsd_search.trial.export import (
     save_compressed,
     save_trial_model,
 )
+from lpsd_search.trial.orthogonal import OrthogonalRegulariser, orthogonality_penalty
 from lpsd_search.trial.runtime import Runtime, resolve_runtime
 from lpsd_search.trial.train import (
+    Regulariser,
     TrainingDiverged,
     accuracy,
     score,
@@ -45,11 +50,15 @@ from lpsd_search.trial.train import (
 )
 
 __all__ = [
+    "AdmmRegulariser",
     "Evaluator",
     "Measurement",
+    "OrthogonalRegulariser",
+    "Regulariser",
     "Runtime",
     "TrainingDiverged",
     "accuracy",
+    "admm_train",
     "batches",
     "cached_baseline",
     "default_cache_dir",
@@ -62,6 +71,7 @@ __all__ = [
     "model_path",
     "new_model",
     "on_device",
+    "orthogonality_penalty",
     "prepare_baseline",
     "prune_models",
     "resolve_device",

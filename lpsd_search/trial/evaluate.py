@@ -20,10 +20,13 @@ from torch.nn import functional
 from lpsd_search.config import TrainConfig
 from lpsd_search.data.splits import DataSplits
 from lpsd_search.decompositions.cache import FactorCache
+from lpsd_search.decompositions.geometry import LayerGeometry
 from lpsd_search.plan.apply import apply_plan
 from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.measure import ModelSize, measure
+from lpsd_search.trial.admm import AdmmCache, admm_targets, admm_train, target_family
 from lpsd_search.trial.batching import batches
+from lpsd_search.trial.orthogonal import OrthogonalRegulariser
 from lpsd_search.trial.runtime import Runtime, fp32_decompositions
 from lpsd_search.trial.train import score, train
 
@@ -44,9 +47,15 @@ class Measurement:
         loss: validation cross-entropy.
         latency_ms: median forward latency on the evaluation device (NaN when not measured).
         finetune_steps: fine-tune steps this measurement had.
-        build_seconds: decomposing and building the compressed model (cache hits are cheap).
+        build_seconds: ADMM training (on a miss of the ADMM cache), decomposing and building
+            the compressed model (cache hits are cheap).
         finetune_seconds: the fine-tune.
         eval_seconds: measuring size, validation and test accuracy (and latency).
+        admm_steps: ADMM steps the dense model had before it was decomposed (0: none, also
+            when no layer of the plan has a method ADMM constrains).
+        admm_rho: ρ at the start of that ADMM training (NaN without one).
+        admm_rho_growth: ρ's factor per dual update (NaN without ADMM).
+        orth_reg: weight of the orthogonality penalty in the fine-tune (0: none).
     """
 
     params: int
@@ -61,6 +70,10 @@ class Measurement:
     build_seconds: float = math.nan
     finetune_seconds: float = math.nan
     eval_seconds: float = math.nan
+    admm_steps: int = 0
+    admm_rho: float = math.nan
+    admm_rho_growth: float = math.nan
+    orth_reg: float = 0.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -98,6 +111,11 @@ class Evaluator:
         latency_runs: timed passes per latency measurement.
         runtime: precision, memory format and compilation of fine-tuning and evaluation
             (default: fp32 on ``device``); decompositions run in fp32 whatever it says.
+
+    With ``finetune.admm_steps`` the dense model is first trained by ADMM towards each plan's
+    ranks (``trial.admm``; one model per target family, kept in ``admm_cache``), and with
+    ``finetune.orth_reg`` the fine-tune adds the orthogonality penalty on the factors
+    (``trial.orthogonal``).
     """
 
     def __init__(self, model: nn.Module, data: DataSplits, finetune: TrainConfig,
@@ -119,6 +137,8 @@ class Evaluator:
         self.teacher: nn.Module | None = None
         if finetune.distill_alpha > 0:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.methods = finetune.method_settings()
+        self.admm_cache = AdmmCache()
 
     def size(self, model: nn.Module) -> ModelSize:
         """Measured params / bytes / FLOPs of ``model`` at the data's input size."""
@@ -149,10 +169,39 @@ class Evaluator:
         """Accuracy of ``model`` on the test split (reported only, never used to choose)."""
         return score(model, self.data.test, self.device, runtime=self.runtime)[0]
 
+    def dense_for(self, plan: Plan) -> nn.Module:
+        """The dense model ``plan`` is decomposed from: ``model``, or with ADMM on, ``model``
+        trained by ADMM towards the plan's target family (trained on the family's first use)."""
+        targets = admm_targets(plan) if self.methods["admm_steps"] else {}
+        if not targets:
+            return self.model
+        return self.admm_cache.get_or_train(target_family(targets), lambda: admm_train(
+            self.model, targets, self.data.train, self.finetune, self.device, self.runtime,
+            self.teacher))
+
     def build(self, plan: Plan) -> nn.Module:
         """The compressed model of ``plan`` before fine-tuning (factors computed in fp32)."""
+        dense = self.dense_for(plan)
         with fp32_decompositions():
-            return apply_plan(self.model, plan, self.cache)
+            return apply_plan(dense, plan, self.cache)
+
+    def _orthogonal(self, model: nn.Module, plan: Plan) -> OrthogonalRegulariser | None:
+        """The fine-tune's orthogonality penalty on ``model``, or None when it is off."""
+        if not self.methods["orth_reg"]:
+            return None
+        modules = dict(self.model.named_modules())
+        geometries = {name: LayerGeometry.of(modules[name]) for name in plan.compressed()}
+        regulariser = OrthogonalRegulariser(model, plan, geometries, self.methods["orth_reg"])
+        return regulariser if regulariser.factors else None
+
+    def _methods_used(self, plan: Plan, orthogonal: bool) -> dict[str, Any]:
+        """The ``Measurement`` fields of the training-time methods this trial had."""
+        used: dict[str, Any] = {"orth_reg": self.methods["orth_reg"] if orthogonal else 0.0}
+        if self.methods["admm_steps"] and admm_targets(plan):
+            used.update(admm_steps=int(self.methods["admm_steps"]),
+                        admm_rho=self.methods["admm_rho"],
+                        admm_rho_growth=self.methods["admm_rho_growth"])
+        return used
 
     def evaluate(self, plan: Plan, steps: int | None = None, *,
                  test: bool = True) -> tuple[Measurement, nn.Module]:
@@ -175,11 +224,13 @@ class Evaluator:
         config = self.finetune if steps is None else replace(self.finetune, steps=steps)
         model = self.build(plan)
         built = time.perf_counter()
+        orthogonal = self._orthogonal(model, plan) if config.steps > 0 else None
         if config.steps > 0:
             train(model, self.data.train, config, self.device, teacher=self.teacher,
-                  runtime=self.runtime)
+                  runtime=self.runtime, regulariser=orthogonal)
         result = self._measure(model, start, config.steps,
                                (built - start, time.perf_counter() - built), test)
+        result = replace(result, **self._methods_used(plan, orthogonal is not None))
         logger.debug("plan %s -> %s", plan.summary(), result)
         return result, model
 

@@ -59,7 +59,11 @@ class Runtime:
         """``model`` on this device in this memory format (in place; returned for chaining)."""
         model.to(self.device)
         if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+            # Per 4-d weight: ``model.to(memory_format=…)`` raises on the 5-d weights of the
+            # Conv3d stages a tensor train builds.
+            for param in model.parameters():
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
         return model
 
     def inputs(self, batch: torch.Tensor) -> torch.Tensor:

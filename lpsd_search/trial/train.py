@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -30,6 +31,18 @@ CHECK_EVERY = 25
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class Regulariser(Protocol):
+    """An extra term of the training loss (``trial.admm``, ``trial.orthogonal``).
+
+    ``loss`` is added to the task loss of every step, in fp32 outside autocast, and must not wait
+    for the device; ``after_step`` runs after every optimiser step (ADMM's dual updates).
+    """
+
+    def loss(self) -> torch.Tensor: ...
+
+    def after_step(self, step: int) -> None: ...
 
 
 def _distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -69,7 +82,7 @@ class _Divergence:
 
 def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
           device: torch.device, teacher: nn.Module | None = None,
-          runtime: Runtime | None = None) -> float:
+          runtime: Runtime | None = None, regulariser: Regulariser | None = None) -> float:
     """Train ``model`` in place for ``config.steps`` steps with AdamW and a cosine schedule.
 
     Sparse weights (LPSD's residual branches) keep their pattern: their gradients are masked
@@ -77,7 +90,8 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
     masked again after it, so the stored size never grows whatever the optimiser does.
 
     With a ``teacher`` and ``config.distill_alpha > 0`` the loss mixes in knowledge
-    distillation from the teacher's logits (the teacher is not trained).
+    distillation from the teacher's logits (the teacher is not trained). A ``regulariser``
+    adds its term to the loss of every step.
 
     Args:
         model: trained in place (its weights stay fp32 whatever the precision).
@@ -86,9 +100,10 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
         device: where it trains.
         teacher: the distillation teacher.
         runtime: precision, memory format and compilation (default: fp32 on ``device``).
+        regulariser: an extra loss term over the model's weights (None: the task loss alone).
 
     Returns:
-        The mean loss over the last 10 % of the steps.
+        The mean loss over the last 10 % of the steps (the regulariser's term included).
 
     Raises:
         TrainingDiverged: when the loss is NaN or infinite (found within ``CHECK_EVERY`` steps).
@@ -122,6 +137,8 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
                     teacher_logits = teacher(inputs).float()
                 loss = ((1 - config.distill_alpha) * loss + config.distill_alpha
                         * _distill_loss(logits, teacher_logits, config.distill_temperature))
+        if regulariser is not None:
+            loss = loss + regulariser.loss()
         divergence.observe(loss, step)
         optimiser.zero_grad(set_to_none=True)
         if scaler is None:
@@ -135,6 +152,8 @@ def train(model: nn.Module, dataset: Dataset, config: TrainConfig,
             scaler.step(optimiser)
             scaler.update()
         enforce_masks(sparse)
+        if regulariser is not None:
+            regulariser.after_step(step)
         schedule.step()
         if step >= tail_from:
             tail += loss.detach()

@@ -58,7 +58,9 @@ def test_search_writes_the_output_contract_and_resumes(cache_dir, digits_model, 
 
     first = _rows(out)
     assert [r["trial"] for r in first] == ["0", "1", "2", "3", "4"]
-    assert [r["source"] for r in first[:4]] == ["uniform svd", "uniform tucker2", "vbmf", "alds"]
+    # The ladder: the strongest heuristics first, each at every size rung (5x, 10x).
+    assert [r["source"] for r in first] == ["alpsd 5x", "alpsd 10x", "alds 5x", "alds 10x",
+                                            "lpsd 5x"]
     assert all(r["state"] == "COMPLETE" for r in first)
 
     # Re-running with more trials continues the same study and keeps the finished trials.

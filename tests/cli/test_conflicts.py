@@ -15,6 +15,9 @@ COMPRESS = ["compress", "--budget", "0.5"]
     ([*SEARCH, "--strategy", "flat", "--global-share", "0.3"], "--global-share"),
     ([*SEARCH, "--no-warm-start", "--warm-starts", "alds"], "--warm-starts"),
     ([*SEARCH, "--promote-steps", "0", "--promote-margin", "0.01"], "--promote-margin"),
+    ([*SEARCH, "--promote-margin", "0.01"], "--promote-margin"),  # the ladder's is per rung
+    ([*SEARCH, "--strategy", "flat", "--promote-top", "3"], "--promote-top"),
+    ([*SEARCH, "--global-share", "0.3"], "--global-share"),  # the ladder has no global stage
     ([*SEARCH, "--distill-temperature", "2"], "--distill-temperature"),
     ([*SEARCH, "--max-concurrent", "4"], "--max-concurrent"),
     ([*SEARCH, "--gpus-per-trial=0.5"], "--gpus-per-trial"),
@@ -30,11 +33,16 @@ def test_an_ignored_option_is_one_line_exit_2(argv, flag, tmp_path, capsys, monk
     assert "valid:" in err[0] and not list(tmp_path.iterdir())  # nothing ran, nothing written
 
 
-def test_the_same_options_are_accepted_where_they_matter():
-    args = type("Args", (), {"strategy": "global-local", "no_warm_start": False,
+@pytest.mark.parametrize(("strategy", "meaningless"), [
+    ("global-local", {"--promote-top"}),
+    ("ladder", {"--global-share", "--promote-margin"}),
+])
+def test_the_same_options_are_accepted_where_they_matter(strategy, meaningless):
+    args = type("Args", (), {"strategy": strategy, "no_warm_start": False,
                              "promote_steps": None, "distill": 0.5, "checkpoint": None,
                              "backend": "ray", "method": "alpsd", "command": "search"})()
-    assert not any(rule.ignored(args) for rule in RULES)  # type: ignore[arg-type]
+    ignored = {rule.flag for rule in RULES if rule.ignored(args)}  # type: ignore[arg-type]
+    assert ignored == meaningless
 
 
 def test_given_flags_reads_both_spellings():

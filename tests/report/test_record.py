@@ -23,7 +23,7 @@ TRIAL_KEYS = {"plan", "plan_override", "predicted_params", "stage", "source", "b
               "worker", "node", "fail_reason", "ray_trial_id", "ray_node_id", "runtime"}
 MEASUREMENT_KEYS = {"params", "bytes", "flops", "accuracy", "test_accuracy", "seconds", "loss",
                     "latency_ms", "finetune_steps", "build_seconds", "finetune_seconds",
-                    "eval_seconds"}
+                    "eval_seconds", "admm_steps", "admm_rho", "admm_rho_growth", "orth_reg"}
 """The keys studies on disk hold: changing one makes every stored study unreadable."""
 
 BUDGETS = [{"metric": "params", "requested": "0.5", "limit": 500, "fraction": 0.5},
@@ -165,11 +165,21 @@ def test_results_read_what_the_record_wrote(tmp_path):
     assert document["objectives"] == OBJECTIVES["objectives"]
     assert document["layers"] == {"conv": ["svd", "none"]}
     points = {p["trial"]: p for p in document["points"]}
-    assert sorted(points) == [0, 1]  # trial 2 is dominated by 0
+    # One fidelity per front: with a trial promoted, only promoted trials are on it.
+    assert sorted(points) == [1]
     assert points[1]["accuracy"] == 0.88 and points[1]["promoted"] is True
     assert points[1]["short_finetune"] == {"accuracy": 0.85, "test_accuracy": 0.84}
-    assert points[0]["source"] == "s0" and points[0]["plan"] == PLAN
-    assert "promoted" not in points[0]
+    assert points[1]["source"] == "s1" and points[1]["plan"] == PLAN
+    # Before any promotion the front is that of the short fine-tunes (trial 2 is dominated).
+    unpromoted = _study()
+    for params, accuracy in [(400, 0.90), (300, 0.85), (450, 0.80)]:
+        trial = unpromoted.ask()
+        record.write_attrs(trial, record.outcome_attrs(
+            plan=PLAN, predicted_params=params, node="n", measured=_measurement(params, accuracy)))
+        trial.set_constraint("params", (params - 500) / 500)
+        unpromoted.tell(trial, [accuracy, params])
+    short = {p["trial"]: p for p in pareto_document(unpromoted)["points"]}
+    assert sorted(short) == [0, 1] and "promoted" not in short[0]
 
     with (tmp_path / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -8,6 +8,7 @@ import fcntl
 import io
 import itertools
 import json
+import math
 import os
 import re
 import select
@@ -172,15 +173,22 @@ def test_dominated_area_helper_on_hand_computed_rectangles():
     assert _dominated_area([(0.8, 1000), (0.0, 50)], 1000) == 0.0
 
 
+def _log_area(seen: list[tuple[float, float]], reference: float) -> float:
+    """The log-size hypervolume by brute force: size as ``log10(params / reference) + 3``
+    (0 at 1000× below the reference, clipped there), the box's height 3, divided by 3."""
+    shifted = [(a, max(math.log10(p / reference) + 3, 0.0)) for a, p in seen if p <= reference]
+    return _dominated_area(shifted, 3.0) / 3.0
+
+
 def test_hypervolume_grows_to_that_of_the_feasible_trials(search_dir):
     document, rows = _raw(search_dir)
-    top = float(document["baseline"]["params"])
+    reference = float(document["budget"]["limit"])
     expected, seen = [], []
     for row in sorted(rows, key=lambda r: int(r["trial"])):
         if row["state"] == "COMPLETE" and row["feasible"] == "1":
             seen.append((float(row["accuracy"]), float(row["params"])))
-        expected.append((int(row["trial"]), _dominated_area(seen, top) / top))
-    # Not vacuous: the search completed feasible trials, so the area is above zero.
+        expected.append((int(row["trial"]), _log_area(seen, reference)))
+    # Not vacuous: the search completed feasible trials below the budget, so the area is > 0.
     assert len(seen) >= 1 and expected[-1][1] > 0
     curve = hypervolume_curve(load_report(search_dir))
     assert [trial for trial, _ in curve] == [trial for trial, _ in expected]
@@ -189,32 +197,42 @@ def test_hypervolume_grows_to_that_of_the_feasible_trials(search_dir):
     assert volumes == sorted(volumes) and 0 < volumes[-1] <= 1
 
 
+def _l(params: float) -> float:
+    """Decades below the hand-made budget of 500 params."""
+    return math.log10(500 / params)
+
+
 def test_hypervolume_curve_counts_only_completed_trials_within_budget(tmp_path):
-    # Baseline 1000 params. Trial 0 dominates 0.9 × (1000 - 500) = 450, trial 2 adds
-    # 0.5 × (500 - 100) = 200; the failed trial 1 and the over-budget trial 3 add nothing.
-    rows = [_row(_point(0, 500, 0.9)), _failed(1, "boom"), _row(_point(2, 100, 0.5)),
+    # Budget 500 params, size on a log axis: trial 0 dominates 0.9 × log10(500/250), trial 2
+    # adds 0.5 × (log10(500/50) − log10(500/250)); the failed trial 1 and the over-budget
+    # trial 3 add nothing; all over the box's 3 decades.
+    rows = [_row(_point(0, 250, 0.9)), _failed(1, "boom"), _row(_point(2, 50, 0.5)),
             _row(_point(3, 600, 0.95), feasible=0, pareto=0)]
     curve = hypervolume_curve(load_report(_write_results(tmp_path / "run", [], rows)))
-    assert curve == [(0, pytest.approx(0.45)), (1, pytest.approx(0.45)),
-                     (2, pytest.approx(0.65)), (3, pytest.approx(0.65))]
+    first = 0.9 * _l(250) / 3
+    both = first + 0.5 * (_l(50) - _l(250)) / 3
+    assert curve == [(0, pytest.approx(first)), (1, pytest.approx(first)),
+                     (2, pytest.approx(both)), (3, pytest.approx(both))]
 
 
 def test_hypervolume_curve_adds_only_the_area_a_trial_newly_dominates(tmp_path):
-    # Baseline 1000 params; areas in accuracy × params, divided by 1000 at the end.
-    # trial 0 (0.9, 500): 0.9 × 500 = 450.
-    # trial 1 (0.5, 100): adds 0.5 × (500 - 100) = 200 -> 650.
-    # trial 2 (0.7, 300): adds the step (0.7 - 0.5) × (500 - 300) = 40 -> 690.
-    # trial 3 (0.6, 400): dominated by trial 2 -> 690.
-    # trial 4 (0.9, 500): a duplicate of trial 0 -> 690.
-    # trial 5 (0.95, 450): adds 0.05 × (1000 - 450) + (0.9 - 0.7) × (500 - 450) = 27.5 + 10
-    #                      -> 727.5.
-    trials = [(500, 0.9), (100, 0.5), (300, 0.7), (400, 0.6), (500, 0.9), (450, 0.95)]
+    # Budget 500 params; areas in accuracy × decades below it, divided by 3 at the end.
+    # trial 0 (0.9, 250): 0.9 × L(250).
+    # trial 1 (0.5, 50): adds 0.5 × (L(50) − L(250)).
+    # trial 2 (0.7, 150): adds the step (0.7 − 0.5) × (L(150) − L(250)).
+    # trial 3 (0.6, 200): dominated by trial 2.
+    # trial 4 (0.9, 250): a duplicate of trial 0.
+    # trial 5 (0.95, 225): adds 0.05 × L(225) + (0.9 − 0.7) × (L(225) − L(250)).
+    trials = [(250, 0.9), (50, 0.5), (150, 0.7), (200, 0.6), (250, 0.9), (225, 0.95)]
     rows = [_row(_point(number, params, accuracy))
             for number, (params, accuracy) in enumerate(trials)]
     curve = hypervolume_curve(load_report(_write_results(tmp_path / "run", [], rows)))
-    assert curve == [(0, pytest.approx(0.45)), (1, pytest.approx(0.65)),
-                     (2, pytest.approx(0.69)), (3, pytest.approx(0.69)),
-                     (4, pytest.approx(0.69)), (5, pytest.approx(0.7275))]
+    areas = [0.9 * _l(250)]
+    areas.append(areas[-1] + 0.5 * (_l(50) - _l(250)))
+    areas.append(areas[-1] + 0.2 * (_l(150) - _l(250)))
+    areas += [areas[-1], areas[-1]]
+    areas.append(areas[-1] + 0.05 * _l(225) + 0.2 * (_l(225) - _l(250)))
+    assert curve == [(n, pytest.approx(area / 3)) for n, area in enumerate(areas)]
 
 
 def test_summary_shows_the_front_and_every_reachable_compression_level(search_dir):

@@ -7,6 +7,7 @@ import csv
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -26,9 +27,20 @@ from lpsd_search.strategy.samplers import make_sampler
 from lpsd_search.trial import evaluate
 from lpsd_search.trial.train import TrainingDiverged
 
+LOW_RANK = """description = "none / svd / tucker2 per layer"
+[[rules]]
+match = ".*"
+methods = ["none", "svd", "tucker2"]
+rank = [0.02, 1.0]
+"""
 
-def _runner(digits, digits_model, tmp_path, budget="0.5", space="default", steps=5,
-            **search):
+
+def _runner(digits, digits_model, tmp_path, budget="0.5", space=None, steps=5, **search):
+    """A runner of the global-local strategy over a low-rank space (these tests' subject)."""
+    if space is None:
+        space = str(tmp_path / "low-rank.toml")
+        Path(space).write_text(LOW_RANK, encoding="utf-8")
+    search.setdefault("strategy", "global-local")
     options = SearchOptions(model="digits-cnn", data="digits", budget=budget, out=tmp_path,
                             space=space, finetune=TrainConfig(steps=steps),
                             search=SearchConfig(**search), device="cpu")

@@ -170,7 +170,7 @@ def test_workers_promoting_at_once_promote_each_trial_once(tmp_path):
             user_attrs={"accuracy": accuracy, "params": params, "bytes": 4 * params,
                         "flops": 10 * params, "test_accuracy": accuracy}))
     calls: Counter[int] = Counter()
-    config = SearchConfig(promote_steps=10, save_models=False)
+    config = SearchConfig(strategy="global-local", promote_steps=10, save_models=False)
     barrier = threading.Barrier(WORKERS)
     done: list[list[int]] = []
 

@@ -48,7 +48,7 @@ def test_every_front_point_meets_every_budget_on_the_built_model(
         space, budgets, cache_dir, digits_model, tmp_path):
     extra = [arg for budget in budgets for arg in ("--budget", budget)]
     document = _search(cache_dir, tmp_path, *extra, "--space", space, "--trials", "7",
-                       "--promote-steps", "0", "--global-share", "0.6")
+                       "--promote-steps", "0")
     assert [b["requested"] for b in document["budgets"]] == budgets
     _check_budgets(document, digits_model)
 

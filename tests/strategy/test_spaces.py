@@ -21,7 +21,7 @@ def test_shipped_presets_load_by_name():
     files = sorted(SHIPPED.glob("*.toml"))
     names = preset_names("search_spaces")
     assert names == [path.stem for path in files]
-    assert {"default", "svd"} <= set(names) and len(names) == 7
+    assert {"default", "svd", "alpsd"} <= set(names)
     for path in files:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         space = load_space(path.stem)
@@ -31,7 +31,8 @@ def test_shipped_presets_load_by_name():
              tuple(float(v) for v in entry.get("rank", (0.02, 1.0))))
             for entry in raw["rules"]], path.name
     default = load_space("default")
-    assert default.rules == (LayerRule(".*", ("none", "svd", "tucker2"), (0.02, 1.0)),)
+    assert default.rules == (LayerRule(".*", ("none", "svd", "alds", "tucker2"), (0.02, 1.0),
+                                       (0.002, 0.3)),)
 
 
 def test_user_preset_file(tmp_path):
@@ -65,8 +66,8 @@ def test_unknown_preset_lists_valid_names():
     with pytest.raises(UserInputError) as info:
         load_space("nope")
     assert str(info.value) == (
-        "unknown search space 'nope'; valid: all, alpsd, default, lpsd, mtd, svd, tucker-vbmf, "
-        "or a path to a .toml file")
+        "unknown search space 'nope'; valid: all, alpsd, default, lpsd, mtd, svd, tt-admm, "
+        "tucker-vbmf, vbmf-orth, or a path to a .toml file")
 
 
 def _fraction(u: float, multiplier: float, low: float = 0.02, high: float = 1.0) -> float:
@@ -75,8 +76,30 @@ def _fraction(u: float, multiplier: float, low: float = 0.02, high: float = 1.0)
     return min(max(low * (high / low) ** u * multiplier, low), high)
 
 
-def test_sample_covers_every_searchable_layer(digits_model):
+LOW_RANK = """description = "none / svd / tucker2 per layer (the default before sparse residuals)"
+[[rules]]
+match = ".*"
+methods = ["none", "svd", "tucker2"]
+rank = [0.02, 1.0]
+"""
+
+
+@pytest.fixture
+def low_rank_space(tmp_path):
+    path = tmp_path / "low-rank.toml"
+    path.write_text(LOW_RANK, encoding="utf-8")
+    return load_space(str(path))
+
+
+def test_default_space_offers_a_sparse_residual_with_every_low_rank_method():
     space = load_space("default")
+    (rule,) = space.rules
+    assert space.has_sparsity and rule.sparsity_range == (0.002, 0.3)
+    assert rule.methods == ("none", "svd", "alds", "tucker2")
+
+
+def test_sample_covers_every_searchable_layer(digits_model, low_rank_space):
+    space = low_rank_space
     targets = find_layers(digits_model, torch.zeros(1, 1, 8, 8))
     allowed = space.allowed(targets)
     assert allowed == {name: ["none", "svd", "tucker2"]
@@ -106,8 +129,8 @@ def test_sample_covers_every_searchable_layer(digits_model):
             assert (request.sparsity, request.alternating, request.options) == (0.0, False, ())
 
 
-def test_global_and_local_knobs_map_to_hand_computed_requests(digits_model):
-    space = load_space("default")
+def test_global_and_local_knobs_map_to_hand_computed_requests(digits_model, low_rank_space):
+    space = low_rank_space
     targets = find_layers(digits_model, torch.zeros(1, 1, 8, 8))
     bound = BoundSpace(space, targets, space.allowed(targets))
     params = {"global:family": "svd", "global:rank": 0.5, "global:dense_small": True,

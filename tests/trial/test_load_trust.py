@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import lpsd_search
 from lpsd_search.cli.main import main
+from lpsd_search.data.normalise import Preprocessing
+from lpsd_search.data.splits import DataSplits
 from lpsd_search.errors import UserInputError
 from lpsd_search.models.zoo import digits_cnn
 from lpsd_search.plan.apply import apply_plan
@@ -22,6 +25,11 @@ from lpsd_search.plan.measure import measure
 from lpsd_search.trial.export import load, save_compressed, save_trial_model
 
 INPUT_SHAPE = (1, 8, 8)
+_EMPTY = TensorDataset(torch.zeros(0, *INPUT_SHAPE), torch.zeros(0))
+# Identity preprocessing: a loaded model (normalisation first) computes what the saved one does.
+DATA = DataSplits("digits", _EMPTY, _EMPTY, _EMPTY, in_channels=1, num_classes=10,
+                  input_size=(8, 8), preprocessing=Preprocessing(1.0, (0.0,), (1.0,), 1, (8, 8)),
+                  fingerprint="test")
 PLAN = Plan({"conv2": LayerChoice("svd", 4, sparsity=0.05)})
 # Importing this file leaves a marker beside it: the proof that its code ran.
 USER_MODEL = """
@@ -61,8 +69,7 @@ def _outputs(model: nn.Module) -> torch.Tensor:
 
 
 def _save(path: Path, model: nn.Module, spec: str) -> Path:
-    save_compressed(path, model, model_spec=spec, data_spec="digits", input_shape=INPUT_SHAPE,
-                    num_classes=10, plan=PLAN.to_dict())
+    save_compressed(path, model, model_spec=spec, data=DATA, plan=PLAN.to_dict())
     return path
 
 
@@ -181,8 +188,7 @@ def _results_folder(directory: Path, spec: str) -> tuple[nn.Module, int]:
     model = _compressed()
     params = measure(model, torch.zeros(1, *INPUT_SHAPE)).params
     save_trial_model(directory, 3, model, plan=PLAN.to_dict(), measures={"params": params},
-                     model_spec=spec, data_spec="digits", input_shape=INPUT_SHAPE,
-                     num_classes=10)
+                     model_spec=spec, data=DATA)
     document = {"points": [{"trial": 3, "params": params, "plan": PLAN.to_dict()}]}
     (directory / "pareto.json").write_text(json.dumps(document), encoding="utf-8")
     return model, 3

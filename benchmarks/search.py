@@ -1,0 +1,247 @@
+"""Does the search's front beat every one-shot heuristic at every size? (issue 17)
+
+For each setting (a model trained here on Fashion-MNIST, cached) and seed, at the budget and at
+every round compression level below it (the ladder's rungs), these procedures each give front
+points fine-tuned for the same final length (``--final-steps``):
+
+* ``uniform``, ``vbmf``, ``alds``, ``lpsd``, ``alpsd``: the one-shot heuristic's plan at every
+  level (``LadderPlanner`` with the heuristic's policy, exactly what the search enqueues),
+  fine-tuned ``--final-steps`` steps;
+* ``search``: ``lpsd-search search`` with its defaults (ladder strategy, heuristics at every
+  rung first, TPE, the best two of each rung promoted during the run) for ``--trials`` N trials
+  of ``--short-steps`` steps, promoted trials ``--final-steps``;
+* ``random_3n``: the same search with a random sampler and no warm starts for 3N trials.
+
+Accuracy at a level = the test accuracy of the point with the best validation accuracy among
+those at least that compressed (the search's and random's: promoted points only). The seeds
+vary the fine-tune's batch order and the sampler, never the data split. Hypervolume: the
+log-size hypervolume (``report.pareto.log_size_hypervolume``, reference at the budget) of the
+validation accuracies of each search's promoted points. Fine-tune steps are counted for every
+procedure (a heuristic's: one final fine-tune per level).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from bench_utils import RESULTS, header, limit_threads, write_results
+
+from lpsd_search.backends.optuna import search
+from lpsd_search.config import (
+    BaselineConfig,
+    RuntimeConfig,
+    SearchConfig,
+    SearchOptions,
+    TrainConfig,
+)
+from lpsd_search.report.pareto import log_size_hypervolume
+from lpsd_search.report.results import study_baseline, trial_rows
+from lpsd_search.strategy.runner import TrialRunner
+from lpsd_search.strategy.storage import open_storage
+
+HEURISTICS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
+TIERS: dict[str, dict[str, Any]] = {
+    # CI: one tiny setting, one seed, a few trials (< 2 minutes on 2 cores).
+    "smoke": {"settings": [("digits-cnn", "digits-cnn", "digits", 8.0)], "seeds": [0],
+              "budget": "0.2", "trials": 12, "short": 20, "final": 60},
+    # This machine: two Fashion-MNIST settings, 3 seeds (60–90 minutes on 2 cores).
+    "cpu": {"settings": [("vgg11-w0.25", "vgg11:width=0.25", "fashion-mnist", 2.0),
+                         ("resnet20-w0.5", "resnet20:width=0.5", "fashion-mnist", 2.0)],
+            "seeds": [0, 1, 2], "budget": "0.2", "trials": 40, "short": 50, "final": 150},
+    # A lent GPU: the CPU tier's settings at full width.
+    "gpu": {"settings": [("vgg16-w0.5", "vgg16:width=0.5", "fashion-mnist", 4.0),
+                         ("resnet20", "resnet20", "fashion-mnist", 4.0)],
+            "seeds": [0, 1, 2], "budget": "0.2", "trials": 40, "short": 100, "final": 300},
+}
+
+
+def _options(model: str, data: str, epochs: float, tier: dict[str, Any], seed: int, out: Path,
+             *, args: argparse.Namespace, **search: Any) -> SearchOptions:
+    return SearchOptions(
+        model=model, data=data, budget=tier["budget"], out=out, cache_dir=args.cache_dir,
+        device=args.device, finetune=TrainConfig(steps=tier["short"], seed=seed),
+        baseline=BaselineConfig(epochs=epochs),
+        search=SearchConfig(seed=seed, promote_steps=tier["final"], **search),
+        runtime=RuntimeConfig(threads=args.threads))
+
+
+def _at_levels(points: list[dict[str, float]], levels: list[float]) -> dict[str, float | None]:
+    """Per level: test accuracy of the best-validation point at least that compressed."""
+    found: dict[str, float | None] = {}
+    for level in levels:
+        eligible = [p for p in points if p["compression"] >= level * 0.999]
+        best = max(eligible, key=lambda p: p["accuracy"], default=None)
+        found[f"{level:g}"] = None if best is None else best["test_accuracy"]
+    return found
+
+
+def heuristics(options: SearchOptions, final: int) -> dict[str, Any]:
+    """Every heuristic's plan at every rung, fine-tuned ``final`` steps."""
+    runner = TrialRunner.from_options(options)
+    assert runner.ladder is not None
+    baseline = runner.pricer.baseline.params
+    points: dict[str, list[dict[str, float]]] = {name: [] for name in HEURISTICS}
+    for name, policy in runner.ladder.space.heuristics(HEURISTICS):
+        for rung in runner.ladder.rungs:
+            plan = runner.ladder.plan(runner.ladder.space.params(rung, policy))
+            measured, _ = runner.evaluator.evaluate(plan, final)
+            points[name].append({"compression": baseline / measured.params,
+                                 "accuracy": measured.accuracy,
+                                 "test_accuracy": measured.test_accuracy})
+    return {"rungs": runner.ladder.rungs, "points": points,
+            "steps": {name: final * len(found) for name, found in points.items()},
+            "budget_params": runner.budgets[0].limit, "baseline_params": baseline}
+
+
+def run_search(options: SearchOptions) -> dict[str, Any]:
+    """One search; its promoted points, steps spent and wall time."""
+    started = time.perf_counter()
+    search(options)
+    wall = time.perf_counter() - started
+    study = optuna.load_study(study_name=options.search.study_name,
+                              storage=open_storage(f"sqlite:///{options.out / 'study.db'}"))
+    rows = trial_rows(study)
+    points = []
+    steps = 0
+    baseline_params = study_baseline(study)["params"]
+    for row in rows:
+        if row.state != "COMPLETE":
+            continue
+        steps += options.finetune.steps
+        if row.promoted is not None:
+            steps += int(options.search.promote_steps or 0)
+            measures = row.measures
+            points.append({"compression": baseline_params / measures["params"],
+                           "params": measures["params"], "accuracy": measures["accuracy"],
+                           "test_accuracy": measures.get("test_accuracy", float("nan"))})
+    return {"points": points, "steps": steps, "wall": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=sorted(TIERS), default="smoke")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache-dir", type=Path, default=Path("benchmarks/cache"))
+    parser.add_argument("--seeds", type=int, nargs="*", default=None)
+    args = parser.parse_args()
+    threads_note = limit_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tier = TIERS[args.tier]
+    seeds = args.seeds if args.seeds is not None else tier["seeds"]
+    document: dict[str, Any] = {"tier": args.tier, "settings": []}
+    work = Path(tempfile.mkdtemp(prefix="lpsd-search-bench-"))
+    for name, model, data, _ in tier["settings"]:
+        document["settings"].append({
+            "name": name, "model": model, "data": data, "seeds": seeds,
+            "budget": tier["budget"], "trials": tier["trials"],
+            "short_steps": tier["short"], "final_steps": tier["final"],
+            "accuracy": {}, "hypervolume": {"search": [], "random_3n": []},
+            "finetune_steps": {}, "wall_seconds": {"search": [], "random_3n": []}})
+    # Seeds outermost: a tier stopped early still has every setting at its first seeds.
+    for seed in seeds:
+        for setting, (name, model, data, epochs) in zip(document["settings"], tier["settings"],
+                                                       strict=True):
+            options = functools.partial(_options, model, data, epochs, tier, seed, args=args)
+            run_seed(setting, seed, work / f"{name}-{seed}", options, tier)
+            print(f"{name} seed {seed}: done", file=sys.stderr, flush=True)
+            save(args, document, threads_note)  # after every seed: a long tier keeps its part
+
+
+def run_seed(setting: dict[str, Any], seed: int, out: Path, options: Any,
+             tier: dict[str, Any]) -> None:
+    """Every procedure of one setting and seed, added to ``setting``."""
+    found = heuristics(options(out / "h"), tier["final"])
+    # The budget's own level (5.0006× for 0.2) is named by its round value.
+    levels = [float(f"{rung:.3g}") for rung in found["rungs"]]
+    setting["levels"] = levels
+    runs = {
+        "search": run_search(options(out / "s", trials=tier["trials"])),
+        "random_3n": run_search(options(out / "r", trials=3 * tier["trials"],
+                                        sampler="random", warm_starts=())),
+    }
+    per: dict[str, list[dict[str, float]]] = {**found["points"]}
+    per.update({k: v["points"] for k, v in runs.items()})
+    for procedure, points in per.items():
+        table = setting["accuracy"].setdefault(procedure, {})
+        for level, value in _at_levels(points, levels).items():
+            table.setdefault(level, []).append(value)
+    steps = {**found["steps"], **{k: v["steps"] for k, v in runs.items()}}
+    for procedure, count in steps.items():
+        setting["finetune_steps"].setdefault(procedure, []).append(count)
+    for key, run in runs.items():
+        setting["hypervolume"][key].append(log_size_hypervolume(
+            [p["accuracy"] for p in run["points"]],
+            [p["params"] for p in run["points"]], found["budget_params"]))
+        setting["wall_seconds"][key].append(run["wall"])
+    setting["seeds_done"] = [*setting.get("seeds_done", []), seed]
+
+
+def _mean_std(values: list[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "—"
+    if len(present) == 1:
+        return f"{100 * present[0]:.2f}"
+    return f"{100 * statistics.mean(present):.2f} ± {100 * statistics.stdev(present):.2f}"
+
+
+def save(args: argparse.Namespace, document: dict[str, Any], threads_note: str) -> None:
+    lines = header(f"Search vs. one-shot heuristics, tier {args.tier}", threads_note,
+                   [("device", args.device)])
+    for setting in document["settings"]:
+        if "levels" not in setting:  # its first seed is still running
+            continue
+        levels = [f"{level:g}" for level in setting["levels"]]
+        lines += ["", f"## {setting['name']}: `{setting['model']}` on {setting['data']}", "",
+                  f"Budget {setting['budget']}, seeds {setting['seeds_done']} (of "
+                  f"{setting['seeds']}), search "
+                  f"{setting['trials']} trials of {setting['short_steps']} fine-tune steps, "
+                  f"every reported point {setting['final_steps']} steps. Test accuracy (%) "
+                  "at each compression level, mean ± std over seeds:", "",
+                  "| procedure | " + " | ".join(f"≥ {lv}×" for lv in levels)
+                  + " | fine-tune steps |",
+                  "|---|" + "---|" * (len(levels) + 1)]
+        for procedure, table in setting["accuracy"].items():
+            steps = statistics.mean(setting["finetune_steps"][procedure])
+            lines.append(f"| {procedure} | " + " | ".join(
+                _mean_std(table.get(lv, [])) for lv in levels) + f" | {steps:,.0f} |")
+        best = {lv: max((statistics.mean([v for v in table[lv] if v is not None])
+                         for proc, table in setting["accuracy"].items()
+                         if proc in HEURISTICS and any(v is not None for v in table[lv])),
+                        default=None) for lv in levels}
+        search_row = setting["accuracy"]["search"]
+        verdicts = []
+        for lv in levels:
+            present = [v for v in search_row[lv] if v is not None]
+            if not present or best[lv] is None:
+                verdicts.append(f"≥ {lv}×: no value")
+                continue
+            delta = 100 * (statistics.mean(present) - best[lv])
+            verdicts.append(f"≥ {lv}×: {delta:+.2f}")
+        lines += ["", "Search minus the best heuristic's mean (points): " + ", ".join(verdicts),
+                  "", "| hypervolume (log size, reference at the budget) | mean ± std |",
+                  "|---|---|"]
+        for key, values in setting["hypervolume"].items():
+            lines.append(f"| {key} | {statistics.mean(values):.4f}"
+                         + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+                         + " |")
+    stem = RESULTS / f"search_{args.tier}"
+    write_results(stem.with_suffix(".md"), lines)
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    print(stem.with_suffix(".md").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

@@ -1,0 +1,137 @@
+"""The ladder strategy: size rungs, policies, heuristics at every rung, promotion per rung."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from lpsd_search.backends.optuna import run_search
+from lpsd_search.config import SearchConfig, SearchOptions, TrainConfig
+from lpsd_search.report.pareto import log_size_hypervolume
+from lpsd_search.report.results import front, trial_rows
+from lpsd_search.strategy.policies import (
+    RUNG,
+    SHARE,
+    SHARE_OFF,
+    Policy,
+    PolicySpace,
+)
+from lpsd_search.strategy.promotion import rung_candidates
+from lpsd_search.strategy.rungs import LEVELS, size_rungs
+from lpsd_search.strategy.runner import TrialRunner
+from lpsd_search.strategy.samplers import make_sampler
+
+
+def _runner(digits, digits_model, tmp_path, budget="0.5", steps=5, **search):
+    options = SearchOptions(model="digits-cnn", data="digits", budget=budget, out=tmp_path,
+                            finetune=TrainConfig(steps=steps), search=SearchConfig(**search),
+                            device="cpu")
+    return TrialRunner(options, digits, digits_model), options
+
+
+def test_rungs_start_at_the_budget_and_descend_by_round_levels(digits, digits_model, tmp_path):
+    runner, _ = _runner(digits, digits_model, tmp_path, budget="0.5")
+    assert runner.ladder is not None
+    rungs = runner.ladder.rungs
+    baseline = runner.pricer.baseline.params
+    assert rungs[0] == pytest.approx(baseline / runner.budgets[0].limit, rel=1e-3)
+    assert rungs == sorted(rungs) and len(rungs) >= 3
+    assert all(level in LEVELS for level in rungs[1:])
+    # Every family of the space reaches every rung: each heuristic's plan fits its rung.
+    for rung in rungs:
+        for _, policy in runner.ladder.space.heuristics(["uniform", "vbmf", "alds", "lpsd"]):
+            plan = runner.ladder.plan(runner.ladder.space.params(rung, policy))
+            params = runner.pricer.size(plan).params
+            # Aimed at the rung: within it, and not far below (the size is the target).
+            assert 0.75 * baseline / rung <= params <= baseline / rung, (rung, policy, params)
+
+
+def test_a_budget_no_family_reaches_is_one_line(digits, digits_model, tmp_path):
+    runner, _ = _runner(digits, digits_model, tmp_path)
+    assert runner.ladder is not None
+    from lpsd_search.errors import UserInputError
+    from lpsd_search.plan.budget import parse_budget
+
+    tiny = parse_budget("5").resolve(runner.pricer.baseline.params)
+    with pytest.raises(UserInputError, match="below what every method of the space reaches"):
+        size_rungs(runner.pricer, runner.space.allowed, tiny, ["tucker2"])
+
+
+def test_policy_parameters_round_trip_and_small_shares_mean_none():
+    space = PolicySpace([2.0, 5.0], ["svd", "tucker2"], sparse=True, small=True)
+    policy = Policy("tucker2", "vbmf", 0.25, alternating=True, local_passes=1,
+                    sensitivity=0.5, dense_small=True)
+    assert space.policy(space.params(5.0, policy)) == policy
+    assert set(space.params(5.0, policy)) == set(space.distributions())
+    off = space.policy({RUNG: 2.0, SHARE: SHARE_OFF / 2, "policy:alternating": True})
+    assert off.sparse_share == 0 and not off.alternating
+    assert off.compress_config().procedure == "lowrank"
+    assert policy.compress_config().procedure == "alpsd"
+    names = [name for name, _ in space.heuristics(["uniform", "vbmf", "alds", "lpsd", "alpsd"])]
+    assert names == ["uniform", "vbmf", "alds", "lpsd", "alpsd"]
+    # Without a sparse residual in the space, the LPSD heuristics do not exist.
+    plain = PolicySpace([2.0], ["svd"], sparse=False, small=False)
+    assert [n for n, _ in plain.heuristics(["lpsd", "alpsd", "alds"])] == ["alds"]
+
+
+def test_a_sensitivity_weighted_policy_moves_rank_between_layers(digits, digits_model, tmp_path):
+    runner, _ = _runner(digits, digits_model, tmp_path, budget="0.3")
+    assert runner.ladder is not None
+    space = runner.ladder.space
+    rung = space.rungs[0]
+    plain = runner.ladder.plan(space.params(rung, Policy("tucker2")))
+    weighted = runner.ladder.plan(space.params(rung, Policy("tucker2", sensitivity=1.0)))
+    assert plain.to_dict() != weighted.to_dict()
+    limit = runner.pricer.baseline.params / rung
+    assert runner.pricer.size(weighted).params <= limit
+
+
+def test_the_ladder_search_runs_heuristics_at_every_rung_and_promotes_during_the_run(
+        digits, digits_model, tmp_path):
+    runner, options = _runner(digits, digits_model, tmp_path, budget="0.5", trials=15,
+                              warm_starts=("alds", "uniform", "vbmf"), promote_steps=10,
+                              promote_top=1)
+    assert runner.ladder is not None
+    rungs = runner.ladder.rungs
+    study = runner.open_study(make_sampler("tpe", 0))
+    promoted_at: list[int] = []
+
+    def on_trial(study: optuna.Study) -> None:
+        promoted_at.append(sum(row.promoted is not None for row in trial_rows(study)))
+
+    run_search(study, runner, options.search, tmp_path, on_trial)
+    trials = study.trials
+    sources = [t.user_attrs.get("source") for t in trials]
+    warm = 3 * len(rungs)
+    assert warm < 15
+    assert sources[:warm] == ([f"alds {r:.3g}x" for r in rungs]
+                              + [f"vbmf {r:.3g}x" for r in rungs]
+                              + [f"uniform {r:.3g}x" for r in rungs])
+    assert all(s == "sampled" for s in sources[warm:15])
+    # Promotion starts once the warm starts are measured (each rung then holds three trials,
+    # enough to rank for one promotion), during the run, not at its end.
+    assert promoted_at[warm - 2] == 0 and promoted_at[warm - 1] >= len(rungs)
+    rows = trial_rows(study)
+    promoted = {row.trial for row in rows if row.promoted is not None}
+    # Each rung's best short fine-tune is promoted (and trials of a rung that lost their
+    # place stay promoted: never twice).
+    assert set(rung_candidates(study, 1)) <= promoted
+    by_rung = {t.params[RUNG] for t in trials if t.number in promoted}
+    assert by_rung == set(rungs)
+    # The reported front holds promoted trials only, each with its test accuracy.
+    points = front(rows, [b.to_dict() for b in runner.budgets])
+    assert points and all(row.promoted is not None for row in points)
+    assert all(not math.isnan(row.measures["test_accuracy"]) for row in points)
+
+
+def test_log_size_hypervolume_counts_every_halving_alike():
+    # One point at the budget adds nothing; halving the size adds log10(2)/3 of its accuracy.
+    assert log_size_hypervolume([0.9], [100.0], 100.0) == 0.0
+    half = log_size_hypervolume([0.9], [50.0], 100.0)
+    quarter = log_size_hypervolume([0.9], [25.0], 100.0)
+    assert half == pytest.approx(0.9 * math.log10(2) / 3)
+    assert quarter == pytest.approx(2 * half)
+    # Beyond three decades the box is full.
+    assert log_size_hypervolume([1.0], [0.001], 100.0) == pytest.approx(1.0)
