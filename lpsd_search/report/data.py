@@ -276,7 +276,23 @@ def plan_summary(data: ReportData, point: dict[str, Any]) -> str:
     return " ".join(parts) or "dense"
 
 
-def export_command(out_dir: Path | str, trial: int) -> str:
-    """The shell command that exports one trial's compressed model."""
+def _names_user_code(model_spec: str) -> bool:
+    """Whether a stored model spec names a user's file or module (``file.py:fn``,
+    ``pkg.module:fn``), which ``export`` builds only with ``--trust-model-spec``. (The report
+    does not import the model zoo: built-ins are ``name[:key=value,…]`` or
+    ``torchvision:NAME``.)"""
+    target, _, rest = model_spec.partition(":")
+    if not rest or target == "torchvision" or "=" in rest:
+        return False
+    return target.endswith(".py") or "/" in target or "." in target
+
+
+def export_command(out_dir: Path | str, trial: int, model_spec: str = "") -> str:
+    """The shell command that exports one trial's compressed model (for a model given to the
+    Python API as an object, the ``lpsd_search.load`` call that rebuilds it)."""
+    if model_spec.startswith("python:"):
+        return (f"lpsd_search.load({str(Path(out_dir) / 'models' / f'trial-{int(trial)}.pt')!r}"
+                ", model_factory=<your model factory>)")
+    trust = " --trust-model-spec" if _names_user_code(model_spec) else ""
     return (f"lpsd-search export {shlex.quote(str(out_dir))} --trial {int(trial)} "
-            f"--out trial-{int(trial)}.pt")
+            f"--out trial-{int(trial)}.pt{trust}")

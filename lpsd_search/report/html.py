@@ -162,6 +162,7 @@ def _front_table(data: ReportData, out_dir_text: str) -> str:
                "MFLOPs", *(["latency ms"] if latency else []), "plan", "export"]
     head = "".join(f"<th>{escape(c)}</th>" for c in columns)
     rows = []
+    model_spec = str(data.config.get("model", ""))
     for point in data.points:
         trial = int(point["trial"])
         delta = 100 * (point["accuracy"] - data.baseline["accuracy"])
@@ -175,7 +176,7 @@ def _front_table(data: ReportData, out_dir_text: str) -> str:
         body = "".join(f"<td>{escape(c)}</td>" for c in cells)
         body += f'<td class="plan">{escape(plan_summary(data, point))}</td>'
         body += (f'<td class="text"><code class="cmd">'
-                 f"{escape(export_command(out_dir_text, trial))}</code></td>")
+                 f"{escape(export_command(out_dir_text, trial, model_spec))}</code></td>")
         rows.append(f'<tr id="trial-{trial}" data-trial="{trial}">{body}</tr>')
     note = ('<p class="legend">★ promoted: measured after a longer fine-tune.</p>'
             if any(point.get("promoted") for point in data.points) else "")

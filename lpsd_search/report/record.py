@@ -161,12 +161,12 @@ def write_study_header(study: Writable, *, config: Mapping[str, Any],
     study.set_user_attr(BUDGET, budgets[0])
     study.set_user_attr(OBJECTIVES, dict(objectives))
     study.set_user_attr(LAYERS, dict(layers))
-    _name_metrics(study, objectives)
+    name_metrics(study, objectives)
     # Written last: another worker that sees the config sees the whole header.
     study.set_user_attr(CONFIG, dict(config))
 
 
-def _name_metrics(study: Writable, objectives: Mapping[str, Any]) -> None:
+def name_metrics(study: Writable, objectives: Mapping[str, Any]) -> None:
     """Name the study's values after its objectives, so optuna-dashboard (and Optuna's plots)
     show ``accuracy`` / ``params`` rather than ``Objective 0`` / ``Objective 1``."""
     names = [str(o.get("name", o.get("key"))) for o in objectives.get("objectives", [])]

@@ -33,6 +33,7 @@ from lpsd_search.plan.measure import ModelSize, measure
 from lpsd_search.report.record import (
     PLAN,
     measurement_attrs,
+    name_metrics,
     outcome_attrs,
     plan_override,
     study_config,
@@ -214,6 +215,8 @@ class TrialRunner:
                                budgets=[b.to_dict() for b in self.budgets],
                                objectives=self.objectives.to_dict(),
                                layers=dict(self.space.allowed))
+        elif stored == identity and getattr(study, "metric_names", None) is None:
+            name_metrics(study, self.objectives.to_dict())  # a study made before they were named
         elif stored != identity:
             changed = sorted(k for k in set(stored) | set(identity)
                              if stored.get(k) != identity.get(k))

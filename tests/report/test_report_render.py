@@ -495,3 +495,15 @@ def test_the_chromium_checks_catch_errors_blocked_requests_and_blank_shots(brows
     problems = "\n".join(browser.problems(session))
     assert "deliberate" in problems and "example.invalid" in problems
     assert _pixel_spread(_screenshot(browser, session, "#blank")) < 1
+
+
+def test_export_commands_say_what_a_model_spec_needs(tmp_path):
+    # Built-ins export as they are; a user's file or module needs consent; an object given to
+    # the Python API is rebuilt by the caller's factory.
+    for spec in ("digits-cnn", "vgg16:width=0.25", "torchvision:resnet18", ""):
+        assert export_command(tmp_path, 3, spec).endswith("--out trial-3.pt"), spec
+    for spec in ("nets/tiny.py:build", "/abs/nets.py:build", "mypkg.nets:tiny"):
+        assert export_command(tmp_path, 3, spec).endswith("--trust-model-spec"), spec
+    command = export_command(tmp_path, 3, "python:mypkg.Net@3f2a")
+    assert command.startswith("lpsd_search.load(") and "model_factory=" in command
+    assert str(tmp_path / "models" / "trial-3.pt") in command

@@ -135,3 +135,15 @@ def test_log_size_hypervolume_counts_every_halving_alike():
     assert quarter == pytest.approx(2 * half)
     # Beyond three decades the box is full.
     assert log_size_hypervolume([1.0], [0.001], 100.0) == pytest.approx(1.0)
+
+
+def test_a_study_made_before_metric_names_gets_them_when_continued(digits, digits_model, tmp_path,
+                                                                    monkeypatch):
+    from lpsd_search.report import record
+
+    runner, _ = _runner(digits, digits_model, tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(record, "name_metrics", lambda study, objectives: None)
+        assert runner.open_study().metric_names is None
+    again, _ = _runner(digits, digits_model, tmp_path)
+    assert again.open_study().metric_names == ["accuracy", "params"]

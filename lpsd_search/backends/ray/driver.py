@@ -12,8 +12,9 @@ run is restored on the next invocation (``Tuner.restore(resume_errored=True)``),
 whose worker or node died is retried once (``FailureConfig(max_failures=1)``). Copies are keyed
 on the Tune trial id, so a restored run never adds a trial twice.
 
-Every trial samples every parameter (the ``flat`` strategy): the global → local stages, the
-promotion of front trials and the saved front models are the Optuna controller's. Nodes need
+Every trial samples every parameter (a ladder trial's rung and policy, or with ``--strategy
+flat`` every per-layer one): the global → local stages, the promotion and the saved front models
+are the Optuna controller's. Nodes need
 lpsd-search installed; the data and the dense weights come from the driver (``worker``).
 
 Nothing here imports Ray at module import time; ``pip install 'lpsd-search[ray]'`` provides it.
