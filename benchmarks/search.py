@@ -134,14 +134,29 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir", type=Path, default=Path("benchmarks/cache"))
     parser.add_argument("--seeds", type=int, nargs="*", default=None)
+    parser.add_argument("--only", default=None,
+                        help="run one setting of the tier (results: search_<tier>_<name>.*), "
+                             "e.g. to run the settings side by side")
+    parser.add_argument("--merge", type=Path, nargs="*", default=None,
+                        help="write search_<tier>.* from these results files (one per setting)")
     args = parser.parse_args()
+    if args.merge:
+        merged: dict[str, Any] = {"tier": args.tier, "settings": []}
+        for path in args.merge:
+            merged["settings"] += json.loads(path.read_text(encoding="utf-8"))["settings"]
+        args.only = None
+        save(args, merged, "see each merged file's run")
+        return
     threads_note = limit_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tier = TIERS[args.tier]
     seeds = args.seeds if args.seeds is not None else tier["seeds"]
     document: dict[str, Any] = {"tier": args.tier, "settings": []}
     work = Path(tempfile.mkdtemp(prefix="lpsd-search-bench-"))
-    for name, model, data, _ in tier["settings"]:
+    settings = [s for s in tier["settings"] if args.only in (None, s[0])]
+    if not settings:
+        parser.error(f"--only {args.only!r}: valid: {', '.join(s[0] for s in tier['settings'])}")
+    for name, model, data, _ in settings:
         document["settings"].append({
             "name": name, "model": model, "data": data, "seeds": seeds,
             "budget": tier["budget"], "trials": tier["trials"],
@@ -150,7 +165,7 @@ def main() -> None:
             "finetune_steps": {}, "wall_seconds": {"search": [], "random_3n": []}})
     # Seeds outermost: a tier stopped early still has every setting at its first seeds.
     for seed in seeds:
-        for setting, (name, model, data, epochs) in zip(document["settings"], tier["settings"],
+        for setting, (name, model, data, epochs) in zip(document["settings"], settings,
                                                        strict=True):
             options = functools.partial(_options, model, data, epochs, tier, seed, args=args)
             run_seed(setting, seed, work / f"{name}-{seed}", options, tier)
@@ -236,7 +251,7 @@ def save(args: argparse.Namespace, document: dict[str, Any], threads_note: str) 
             lines.append(f"| {key} | {statistics.mean(values):.4f}"
                          + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
                          + " |")
-    stem = RESULTS / f"search_{args.tier}"
+    stem = RESULTS / (f"search_{args.tier}" + (f"_{args.only}" if args.only else ""))
     write_results(stem.with_suffix(".md"), lines)
     stem.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     print(stem.with_suffix(".md").read_text(encoding="utf-8"))

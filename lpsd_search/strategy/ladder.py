@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from lpsd_search.data.splits import DataSplits
 from lpsd_search.decompositions.base import get_method
 from lpsd_search.decompositions.cache import FactorCache
+from lpsd_search.errors import UserInputError
 from lpsd_search.plan.budget import Budget, Pricer, parse_budget, plan_requests
 from lpsd_search.plan.choices import Plan
 from lpsd_search.procedures.compress import LadderCache, compress_model
@@ -113,14 +115,30 @@ class LadderPlanner:
         policy = self.space.policy(params)
         level = float(params[RUNG])
         budget = rung_budget(self.budget, self.pricer.baseline.params, level)
-        methods = self.methods(policy)
-        objective = self.loss() if policy.local_passes > 0 else None
-        result = compress_model(self.model, self.example, budget, policy.compress_config(),
-                                objective=objective, cache=self.cache, methods=methods,
-                                weights=self.weights(policy, methods), ladders=self.ladders)
-        plan = result.plan
+        try:
+            plan = self._allocate(policy, budget)
+        except UserInputError as error:
+            if not policy.dense_small:
+                # Not the user's input: a sampled policy that cannot reach this rung fails
+                # its trial, and the search goes on.
+                raise RuntimeError(f"policy cannot reach {level:g}x: {error}") from None
+            # Small layers kept dense can cost more than a far rung leaves (the rungs are
+            # reachable with every layer compressed): compress them too.
+            logger.info("rung %gx: small layers compressed too (%s)", level, error)
+            try:
+                plan = self._allocate(replace(policy, dense_small=False), budget)
+            except UserInputError as again:
+                raise RuntimeError(f"policy cannot reach {level:g}x: {again}") from None
         if not self.pricer.fits(plan, self.budgets):
             # A byte or FLOP budget the parameter rung does not imply: the closed-form repair.
             plan = self.pricer.fit(plan_requests(self.pricer, plan, self.allowed),
                                    self.budgets, self.allowed)
         return plan
+
+    def _allocate(self, policy: Policy, budget: Budget) -> Plan:
+        """The allocator's plan of ``policy`` within ``budget``."""
+        methods = self.methods(policy)
+        objective = self.loss() if policy.local_passes > 0 else None
+        return compress_model(self.model, self.example, budget, policy.compress_config(),
+                              objective=objective, cache=self.cache, methods=methods,
+                              weights=self.weights(policy, methods), ladders=self.ladders).plan

@@ -147,3 +147,30 @@ def test_a_study_made_before_metric_names_gets_them_when_continued(digits, digit
         assert runner.open_study().metric_names is None
     again, _ = _runner(digits, digits_model, tmp_path)
     assert again.open_study().metric_names == ["accuracy", "params"]
+
+
+def test_every_sampled_policy_reaches_the_farthest_rung_or_fails_only_its_trial(
+        digits, digits_model, tmp_path):
+    # Small layers kept dense cost more than the farthest rung leaves: the planner compresses
+    # them too rather than stopping the search with a user-input error.
+    runner, _ = _runner(digits, digits_model, tmp_path, budget="0.2")
+    assert runner.ladder is not None
+    space = runner.ladder.space
+    far = space.rungs[-1]
+    limit = runner.pricer.baseline.params / far
+    for share in (0.0, 0.5):
+        policy = Policy("tucker2", "uniform", share, dense_small=True)
+        plan = runner.ladder.plan(space.params(far, policy))
+        assert runner.pricer.size(plan).params <= limit
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(12):
+        params = {k: v for k, v in study.ask(space.distributions()).params.items()}
+        params[RUNG] = far
+        try:
+            plan = runner.ladder.plan(params)
+        except RuntimeError as error:  # a trial failure, never a UserInputError
+            assert "cannot reach" in str(error)
+            continue
+        assert runner.pricer.size(plan).params <= limit
