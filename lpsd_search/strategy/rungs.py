@@ -37,14 +37,13 @@ def layer_method(family: str, methods: Sequence[str]) -> str | None:
     return next((m for m in methods if m not in (NONE, SPARSE)), None)
 
 
-def family_floor(pricer: Pricer, allowed: Mapping[str, Sequence[str]], family: str,
-                 dense: Sequence[str] = ()) -> int:
+def family_floor(pricer: Pricer, allowed: Mapping[str, Sequence[str]], family: str) -> int:
     """Parameters of the model when every layer takes ``family``'s cheapest ladder rank."""
     total = pricer.baseline.params
     smallest = DEFAULT_FRACTIONS[0]
     for name, methods in allowed.items():
         method = layer_method(family, methods)
-        if method is None or name in dense:
+        if method is None:
             continue
         geom = pricer.targets[name].geometry
         decomposition = get_method(method)
