@@ -251,10 +251,12 @@ def save(args: argparse.Namespace, document: dict[str, Any], threads_note: str) 
             lines.append(f"| {key} | {statistics.mean(values):.4f}"
                          + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
                          + " |")
-    stem = RESULTS / (f"search_{args.tier}" + (f"_{args.only}" if args.only else ""))
-    write_results(stem.with_suffix(".md"), lines)
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    print(stem.with_suffix(".md").read_text(encoding="utf-8"))
+    # Names with dots (vgg11-w0.25): the suffix is appended, never substituted.
+    stem = f"search_{args.tier}" + (f"_{args.only}" if args.only else "")
+    write_results(RESULTS / f"{stem}.md", lines)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n",
+                                         encoding="utf-8")
+    print((RESULTS / f"{stem}.md").read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":
