@@ -64,7 +64,7 @@ class Policy:
         procedure: Procedure = ("lowrank" if self.sparse_share <= 0
                                 else "alpsd" if self.alternating else "lpsd")
         return CompressConfig(procedure=procedure, low_rank=self.family,
-                              sparse_share=self.sparse_share if self.sparse_share > 0 else 0.3,
+                              sparse_share=self.sparse_share,
                               local_passes=self.local_passes,
                               allocation=self.allocation)  # type: ignore[arg-type]
 

@@ -195,6 +195,8 @@ def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
         done.append(number)
         with writing(out_dir):
             write_results(study, out_dir)
+    if not done:  # called after every trial of a ladder search: nothing changed, nothing to do
+        return done
     if config.save_models:
         with writing(out_dir):
             prune_front_models(study, out_dir)

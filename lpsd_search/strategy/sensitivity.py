@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from lpsd_search.decompositions.base import get_method
 from lpsd_search.decompositions.cache import FactorCache
 from lpsd_search.plan.apply import apply_plan
 from lpsd_search.plan.choices import LayerChoice, Plan
@@ -46,8 +47,6 @@ def layer_sensitivity(model: nn.Module, methods: Mapping[str, str],
         loss: the validation loss of a model (``trial.evaluate.validation_loss``).
         cache: factors shared with the search's later builds.
     """
-    from lpsd_search.decompositions.base import get_method
-
     dense = loss(model)
     rises = {}
     with torch.no_grad():

@@ -30,6 +30,7 @@ from lpsd_search.plan.budget import plan_requests as budget_requests
 from lpsd_search.plan.choices import NONE, Plan
 from lpsd_search.procedures.compress import compress_model
 from lpsd_search.report.record import warm_start_attrs
+from lpsd_search.strategy.ladder import params_budget as ladder_budget
 from lpsd_search.strategy.runner import TrialRunner
 
 logger = logging.getLogger(__name__)
@@ -96,12 +97,7 @@ def _procedure_plan(runner: TrialRunner, procedure: str) -> list[tuple[str, Plan
     low_rank = "alds" if "alds" in families else _first_low_rank(families)
     if low_rank is None or (procedure != "alds" and not runner.space.space.has_sparsity):
         return []
-    params_budget = next((b for b in runner.budgets if b.metric == "params"), None)
-    if params_budget is None:
-        from lpsd_search.plan.budget import parse_budget
-
-        params_budget = parse_budget(f"{_params_fraction(runner):.6f}").resolve(
-            runner.pricer.baseline.params)
+    params_budget = ladder_budget(runner.budgets, runner.pricer)
     kind: Procedure = ("lowrank" if procedure == "alds"
                        else "alpsd" if procedure == "alpsd" else "lpsd")
     config = CompressConfig(procedure=kind, low_rank=low_rank)
