@@ -160,10 +160,10 @@ def _run_trials(study: optuna.Study, sampler: FixingSampler, runner: TrialRunner
         sampler.fixed = fixed
         try:
             trial = study.ask()
+            set_worker(trial, worker)  # at once: is_surplus of other workers sees it claimed
             params = runner.suggest(trial)
         finally:
             sampler.fixed = {}
-        set_worker(trial, worker)
         if is_surplus(study, trial.number, config.trials):
             # Another worker asked between our count and our ask: the study has its trials.
             set_fail_reason(trial, "surplus: the study already had its trials")

@@ -55,9 +55,7 @@ def fail_dead_trials(study: optuna.Study) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial_worker(trial)
         name, _, pid = worker.rpartition(":")
-        started = trial.datetime_start or now
-        orphan = not worker and (now - started).total_seconds() > ORPHAN_SECONDS
-        if orphan or (name == host and pid.isdigit() and not _alive(int(pid))):
+        if _is_orphan(trial, now) or (name == host and pid.isdigit() and not _alive(int(pid))):
             logger.warning("trial %d was left running by a dead process; marking it failed",
                            trial.number)
             study.tell(trial.number, state=TrialState.FAIL)
@@ -90,12 +88,25 @@ def claimed_count(study: optuna.Study) -> int:
 
 
 def is_surplus(study: optuna.Study, number: int, trials: int) -> bool:
-    """Whether completed or running trials numbered below ``number`` already make ``trials``."""
+    """Whether completed or running trials numbered below ``number`` already make ``trials``.
+
+    A running trial not yet named by its worker counts unless it is old enough to be an orphan:
+    two workers asking for the last slot at once both see each other's trial, and only the one
+    with the lower number may run it (the storage numbers trials atomically), whichever of them
+    names its trial first.
+    """
+    now = datetime.datetime.now()
     earlier = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                    TrialState.RUNNING))
-               if t.number < number
-               and (t.state == TrialState.COMPLETE or has_worker(t))]
+               if t.number < number and (t.state == TrialState.COMPLETE or has_worker(t)
+                                         or not _is_orphan(t, now))]
     return len(earlier) >= trials
+
+
+def _is_orphan(trial: optuna.trial.FrozenTrial, now: datetime.datetime) -> bool:
+    """A RUNNING trial nobody named within ``ORPHAN_SECONDS`` of its start."""
+    started = trial.datetime_start or now
+    return not has_worker(trial) and (now - started).total_seconds() > ORPHAN_SECONDS
 
 
 def _bases(study: optuna.Study, margin: float) -> list[optuna.trial.FrozenTrial]:

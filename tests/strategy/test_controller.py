@@ -21,6 +21,7 @@ from lpsd_search.strategy.controller import (
     choose_stage,
     completed_count,
     fail_dead_trials,
+    is_surplus,
 )
 from lpsd_search.strategy.runner import TrialRunner
 from lpsd_search.strategy.samplers import make_sampler
@@ -153,6 +154,30 @@ def test_trials_left_running_by_a_dead_process_are_failed(tmp_path):
     assert states == {orphan.number: optuna.trial.TrialState.FAIL,
                       alive.number: optuna.trial.TrialState.RUNNING,
                       elsewhere.number: optuna.trial.TrialState.RUNNING}
+
+
+def test_only_the_lower_numbered_of_two_racing_asks_takes_the_last_slot():
+    # Two workers ask for the last of 2 slots at once; neither has named its trial yet when the
+    # other checks. The one with the lower number runs it, whichever names its trial first.
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    done = study.ask()
+    study.tell(done, [0.9, 10.0])
+    first, second = study.ask(), study.ask()
+    second.set_user_attr("worker", "host:2")
+    assert is_surplus(study, second.number, 2)
+    assert not is_surplus(study, first.number, 2)
+    first.set_user_attr("worker", "host:1")
+    assert is_surplus(study, second.number, 2)
+    assert not is_surplus(study, first.number, 2)
+
+
+def test_an_unnamed_trial_older_than_an_ask_is_an_orphan_and_takes_no_slot(monkeypatch):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.ask()  # asked by a process killed before it named the trial
+    later = study.ask()
+    assert is_surplus(study, later.number, 1)
+    monkeypatch.setattr("lpsd_search.strategy.controller.ORPHAN_SECONDS", -1)
+    assert not is_surplus(study, later.number, 1)
 
 
 def test_local_bases_are_optuna_best_trials_within_the_margin():
