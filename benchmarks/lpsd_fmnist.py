@@ -82,7 +82,7 @@ def run_one(model: nn.Module, data: DataSplits, finetune: TrainConfig, device: t
     evaluator = Evaluator(model, data, finetune, device, cache=FactorCache())
     start = time.perf_counter()
     result = compress_model(evaluator.model, evaluator.example, budget, config,
-                            objective=objective, cache=evaluator.cache)  # type: ignore[arg-type]
+                            objective=objective)  # type: ignore[arg-type]
     procedure_seconds = time.perf_counter() - start
     built = evaluator.build(result.plan)
     size = evaluator.size(built)

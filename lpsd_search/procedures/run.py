@@ -86,7 +86,7 @@ def run_compress(options: CompressOptions) -> dict[str, Any]:
     baseline = evaluator.baseline()
     budget = budget_spec.resolve(baseline.params)
     result = compress_model(evaluator.model, evaluator.example, budget, options.config,
-                            objective=validation_loss(data, device), cache=evaluator.cache)
+                            objective=validation_loss(data, device))
     before = accuracy(evaluator.build(result.plan), data.val, device, runtime=runtime)
     measured, tuned = evaluator.evaluate(result.plan)
     document: dict[str, Any] = {

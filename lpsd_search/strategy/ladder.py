@@ -140,5 +140,5 @@ class LadderPlanner:
         methods = self.methods(policy)
         objective = self.loss() if policy.local_passes > 0 else None
         return compress_model(self.model, self.example, budget, policy.compress_config(),
-                              objective=objective, cache=self.cache, methods=methods,
+                              objective=objective, methods=methods,
                               weights=self.weights(policy, methods), ladders=self.ladders).plan

@@ -110,7 +110,7 @@ def _procedure_plan(runner: TrialRunner, procedure: str) -> list[tuple[str, Plan
         budget = replace(params_budget, limit=int(share * params_budget.limit))
         try:
             result = compress_model(runner.evaluator.model, runner.evaluator.example, budget,
-                                    config, objective=objective, cache=runner.evaluator.cache)
+                                    config, objective=objective)
         except UserInputError as error:
             logger.info("warm start %s at %.2g of the budget skipped: %s", procedure, share,
                         error)

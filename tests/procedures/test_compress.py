@@ -93,6 +93,31 @@ def test_sparse_parts_recover_accuracy_before_any_fine_tune(digits, digits_model
     assert scores["alpsd"] > scores["lpsd"] + 0.2
 
 
+@pytest.mark.parametrize("method", ["svd", "alds", "tucker2", "cp", "tt"])
+def test_local_selection_scores_the_model_apply_plan_builds(method):
+    # The objective scores one dense copy carrying L + S as weights; it must be the model the
+    # plan rebuilds (strided, dilated, grouped convolutions and a linear layer included).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=2, dilation=2, groups=2), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.Flatten(), nn.Linear(32 * 4 * 4, 10)).eval()
+    example = torch.zeros(1, 3, 8, 8)
+    inputs = torch.randn(64, 3, 8, 8)
+
+    def val_loss(candidate: nn.Module) -> float:  # any objective; this one moves with every weight
+        with torch.no_grad():
+            return float(candidate.eval()(inputs).square().mean())
+
+    budget = parse_budget("0.3").resolve(measure(model, example).params)
+    result = compress_model(model, example, budget,
+                            CompressConfig(procedure="alpsd", low_rank=method),
+                            objective=val_loss)
+    assert any(choice.sparsity for choice in result.plan.layers.values())
+    assert result.objective == pytest.approx(val_loss(apply_plan(model, result.plan)), rel=1e-5)
+
+
 def test_unreachable_budget_is_a_clear_error(digits_model):
     budget = parse_budget("50").resolve(measure(digits_model, EXAMPLE).params)
     with pytest.raises(UserInputError, match="valid: a larger budget"):
