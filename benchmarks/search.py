@@ -45,7 +45,8 @@ from lpsd_search.config import (
     TrainConfig,
 )
 from lpsd_search.report.pareto import log_size_hypervolume
-from lpsd_search.report.results import study_baseline, trial_rows
+from lpsd_search.report.record import PROMOTED_AFTER
+from lpsd_search.report.results import study_baseline, study_budgets, trial_rows
 from lpsd_search.strategy.runner import TrialRunner
 from lpsd_search.strategy.storage import open_storage
 
@@ -104,27 +105,41 @@ def heuristics(options: SearchOptions, final: int) -> dict[str, Any]:
 
 
 def run_search(options: SearchOptions) -> dict[str, Any]:
-    """One search; its promoted points, steps spent and wall time."""
+    """One search; its promoted points, steps spent, wall time and hypervolume curve.
+
+    The curve has one ``[fine-tune steps, hypervolume]`` pair per completed trial, in the order
+    the search ran them: the hypervolume of the points promoted so far against the steps spent
+    so far (every trial's short fine-tune, every promotion's longer one when it was made).
+    """
     started = time.perf_counter()
     search(options)
     wall = time.perf_counter() - started
     study = optuna.load_study(study_name=options.search.study_name,
                               storage=open_storage(f"sqlite:///{options.out / 'study.db'}"))
-    rows = trial_rows(study)
-    points = []
-    steps = 0
     baseline_params = study_baseline(study)["params"]
-    for row in rows:
-        if row.state != "COMPLETE":
-            continue
-        steps += options.finetune.steps
-        if row.promoted is not None:
-            steps += int(options.search.promote_steps or 0)
-            measures = row.measures
-            points.append({"compression": baseline_params / measures["params"],
-                           "params": measures["params"], "accuracy": measures["accuracy"],
-                           "test_accuracy": measures.get("test_accuracy", float("nan"))})
-    return {"points": points, "steps": steps, "wall": wall}
+    budget_params = float(study_budgets(study)[0]["limit"])
+    complete = sorted((r for r in trial_rows(study) if r.state == "COMPLETE"),
+                      key=lambda r: r.trial)
+    promoted = [r for r in complete if r.promoted is not None]
+    points = [{"compression": baseline_params / r.measures["params"],
+               "params": r.measures["params"], "accuracy": r.measures["accuracy"],
+               "test_accuracy": r.measures.get("test_accuracy", float("nan")),
+               "after": int(r.promoted.get(PROMOTED_AFTER, len(complete)))}  # type: ignore[union-attr]
+              for r in promoted]
+    short, final = options.finetune.steps, int(options.search.promote_steps or 0)
+    curve: list[list[float]] = []
+    for done in range(1, len(complete) + 1):
+        made = [p for p in points if p["after"] <= done]
+        curve.append([done * short + len(made) * final, log_size_hypervolume(
+            [p["accuracy"] for p in made], [p["params"] for p in made], budget_params)])
+    steps = len(complete) * short + len(points) * final
+    return {"points": points, "steps": steps, "wall": wall, "curve": curve}
+
+
+def at_steps(curve: list[list[float]], steps: float) -> float:
+    """The hypervolume a curve had reached within ``steps`` fine-tune steps (0 before any)."""
+    reached = [hv for spent, hv in curve if spent <= steps]
+    return reached[-1] if reached else 0.0
 
 
 def main() -> None:
@@ -143,8 +158,9 @@ def main() -> None:
     if args.merge:
         merged: dict[str, Any] = {"tier": args.tier, "settings": []}
         for path in args.merge:
-            merged["settings"] += json.loads(path.read_text(encoding="utf-8"))["settings"]
-        args.only = None
+            for setting in json.loads(path.read_text(encoding="utf-8"))["settings"]:
+                merge_setting(merged["settings"], setting)
+        args.only, args.seeds = None, None
         save(args, merged, "see each merged file's run")
         return
     threads_note = limit_threads(args.threads)
@@ -198,8 +214,36 @@ def run_seed(setting: dict[str, Any], seed: int, out: Path, options: Any,
         setting["hypervolume"][key].append(log_size_hypervolume(
             [p["accuracy"] for p in run["points"]],
             [p["params"] for p in run["points"]], found["budget_params"]))
+        setting.setdefault("curves", {}).setdefault(key, []).append(run["curve"])
         setting["wall_seconds"][key].append(run["wall"])
     setting["seeds_done"] = [*setting.get("seeds_done", []), seed]
+
+
+PER_SEED = ("accuracy", "hypervolume", "finetune_steps", "wall_seconds", "curves")
+"""Fields holding one value per seed (nested in dicts), which a merge concatenates."""
+
+
+def merge_setting(settings: list[dict[str, Any]], setting: dict[str, Any]) -> None:
+    """Add one results file's setting to ``settings``: a new one, or more seeds of a known one."""
+    known = next((s for s in settings if s["name"] == setting["name"]), None)
+    if known is None:
+        settings.append(setting)
+        return
+    overlap = set(known["seeds_done"]) & set(setting["seeds_done"])
+    if overlap:
+        raise SystemExit(f"--merge: {setting['name']} seeds {sorted(overlap)} are in two files")
+
+    def extend(into: dict[str, Any], more: dict[str, Any]) -> None:
+        for key, value in more.items():
+            if isinstance(value, dict):
+                extend(into.setdefault(key, {}), value)
+            else:
+                into.setdefault(key, []).extend(value)
+
+    for field in PER_SEED:
+        extend(known.setdefault(field, {}), setting.get(field, {}))
+    known["seeds_done"] = known["seeds_done"] + setting["seeds_done"]
+    known["seeds"] = sorted(set(known["seeds"]) | set(setting["seeds"]))
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -251,12 +295,75 @@ def save(args: argparse.Namespace, document: dict[str, Any], threads_note: str) 
             lines.append(f"| {key} | {statistics.mean(values):.4f}"
                          + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
                          + " |")
-    # Names with dots (vgg11-w0.25): the suffix is appended, never substituted.
-    stem = f"search_{args.tier}" + (f"_{args.only}" if args.only else "")
+        curves = setting.get("curves", {})
+        if curves.get("search") and curves.get("random_3n"):
+            lines += ["", "Hypervolume against fine-tune steps: random search with 3N trials "
+                      "at the steps the search spent, and at its own end (mean over seeds; "
+                      "plot: `" + f"{_stem(args)}.png`):", "",
+                      "| | search after N trials | random_3n at the search's steps "
+                      "| random_3n after 3N trials |", "|---|---|---|---|"]
+            spent = [c[-1][0] for c in curves["search"]]
+            equal = [at_steps(c, s) for c, s in zip(curves["random_3n"], spent, strict=True)]
+            lines.append(f"| hypervolume | {statistics.mean(setting['hypervolume']['search']):.4f}"
+                         f" | {statistics.mean(equal):.4f} | "
+                         f"{statistics.mean(setting['hypervolume']['random_3n']):.4f} |")
+            lines.append(f"| fine-tune steps | {statistics.mean(spent):,.0f} | "
+                         f"{statistics.mean(spent):,.0f} | "
+                         f"{statistics.mean(c[-1][0] for c in curves['random_3n']):,.0f} |")
+    stem = _stem(args)
+    plot(document, RESULTS / f"{stem}.png")
     write_results(RESULTS / f"{stem}.md", lines)
     (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n",
                                          encoding="utf-8")
     print((RESULTS / f"{stem}.md").read_text(encoding="utf-8"))
+
+
+def _stem(args: argparse.Namespace) -> str:
+    """``search_<tier>[_<setting>][_seeds-<s>-…]``; names with dots (vgg11-w0.25) are kept
+    whole (the suffix is appended, never substituted)."""
+    stem = f"search_{args.tier}" + (f"_{args.only}" if args.only else "")
+    if args.seeds is not None:
+        stem += "_seeds-" + "-".join(str(seed) for seed in args.seeds)
+    return stem
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    """Per setting: test accuracy at each level by procedure, and hypervolume vs. steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = [s for s in document["settings"] if "levels" in s]
+    if not settings:
+        return
+    figure, axes = plt.subplots(len(settings), 2, figsize=(11, 4 * len(settings)),
+                                squeeze=False)
+    for row, setting in zip(axes, settings, strict=True):
+        levels = setting["levels"]
+        for procedure, table in setting["accuracy"].items():
+            means = []
+            for level in levels:
+                present = [v for v in table[f"{level:g}"] if v is not None]
+                means.append(100 * statistics.mean(present) if present else float("nan"))
+            style = "-o" if procedure in ("search", "random_3n") else "--."
+            row[0].plot(levels, means, style, label=procedure)
+        row[0].set(xscale="log", xlabel="compression level (x)", ylabel="test accuracy (%)",
+                   title=f"{setting['name']}: accuracy at each level")
+        row[0].set_xticks(levels, [f"{level:g}x" for level in levels])
+        row[0].legend(fontsize=8)
+        for key, curves in setting.get("curves", {}).items():
+            for index, curve in enumerate(curves):
+                row[1].plot([c[0] for c in curve], [c[1] for c in curve],
+                            color="C0" if key == "search" else "C1", alpha=0.8,
+                            drawstyle="steps-post",
+                            label=key if index == 0 else None)
+        row[1].set(xlabel="fine-tune steps spent", ylabel="log-size hypervolume",
+                   title=f"{setting['name']}: hypervolume vs. steps (one line per seed)")
+        row[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

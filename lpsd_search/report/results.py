@@ -28,6 +28,7 @@ from lpsd_search.report.record import (
     FINETUNED,
     MEASURES,
     PHASES,
+    PROMOTED_AFTER,
     SAMPLED,
     fail_reason,
     json_safe,
@@ -144,7 +145,7 @@ def trial_rows(study: optuna.Study) -> list[TrialRow]:
             plan=trial_plan(trial), reason=fail_reason(trial), seconds=trial_seconds(trial),
             source=trial_source(trial), stage=trial_stage(trial), node=trial_node(trial),
             promoted=None if longer is None else {k: v for k, v in longer.items()
-                                                  if k in (*MEASURES, *EXTRA)},
+                                                  if k in (*MEASURES, *EXTRA, PROMOTED_AFTER)},
             phases=trial_phases(trial), runtime=trial_runtime(trial),
         ))
     return rows

@@ -191,7 +191,9 @@ def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
             except BaseException:
                 release_claim(claim)
                 raise
-        set_promoted(study, number, outcome.measured)
+        completed = len(study.get_trials(deepcopy=False,
+                                         states=(optuna.trial.TrialState.COMPLETE,)))
+        set_promoted(study, number, outcome.measured, after=completed)
         done.append(number)
         with writing(out_dir):
             write_results(study, out_dir)

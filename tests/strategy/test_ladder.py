@@ -114,6 +114,9 @@ def test_the_ladder_search_runs_heuristics_at_every_rung_and_promotes_during_the
     # enough to rank for one promotion), during the run, not at its end.
     assert promoted_at[warm - 2] == 0 and promoted_at[warm - 1] >= len(rungs)
     rows = trial_rows(study)
+    # Each promotion records how many trials were complete when it was made.
+    after = sorted(int(row.promoted["after_trials"]) for row in rows if row.promoted)
+    assert after[0] == warm and after[-1] <= len(trials)
     promoted = {row.trial for row in rows if row.promoted is not None}
     # Each rung's best short fine-tune is promoted (and trials of a rung that lost their
     # place stay promoted: never twice).
