@@ -1,16 +1,15 @@
-"""The in-process engine: Optuna workers asking and telling trials on one storage.
+"""The in-process engine: Optuna workers running the search controller's jobs on one storage.
 
-``search`` runs (or continues) one search from its options: data and dense model, study,
-warm starts, the global → local loop of ``run_search`` (the stage of each trial is the
-controller's choice, ``search.controller``), promotion, and the results files. Several processes
-pointed at one ``--storage`` share the work; a killed run loses no finished trial.
+``search`` runs (or continues) one search from its options: data and dense model, study, the
+jobs of the controller (``strategy.ask_tell``: warm starts, stages, promotions) executed by
+``run_search`` in this process, and the results files. Several processes pointed at one
+``--storage`` share the work; a killed run loses no finished trial.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import sys
 import time
@@ -20,40 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from lpsd_search.backends.workers import join_workers, start_workers, stop_workers
 from lpsd_search.config import SearchConfig, SearchOptions
 from lpsd_search.errors import RunFault, UserInputError
-from lpsd_search.report.record import (
-    has_origin,
-    set_fail_reason,
-    set_trial_origin,
-    set_worker,
-    write_attrs,
-)
 from lpsd_search.report.results import write_results
-from lpsd_search.strategy.controller import (
-    choose_stage,
-    claimed_count,
-    fail_dead_trials,
-    is_surplus,
-    joins_front,
-)
-from lpsd_search.strategy.faults import (
-    FailureStreak,
-    guarding,
-    is_out_of_memory,
-    release_memory,
-    write_fault_message,
-    writing,
-)
-from lpsd_search.strategy.promotion import promote, warm_starts_done
-from lpsd_search.strategy.results_folder import prune_front_models
-from lpsd_search.strategy.runner import TrialOutcome, TrialRunner
+from lpsd_search.strategy.ask_tell import Job, SearchController
+from lpsd_search.strategy.faults import guarding, writing
+from lpsd_search.strategy.runner import TrialRunner
 from lpsd_search.strategy.samplers import FixingSampler, make_sampler
-from lpsd_search.strategy.storage import fail_stale, heartbeat
-from lpsd_search.strategy.warm_starts import enqueue_warm_starts
+from lpsd_search.strategy.storage import heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +94,15 @@ def _worker_main(options: SearchOptions, index: int) -> None:
 
 def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
                out_dir: Path, on_trial: Callable[[optuna.Study], None] | None = None) -> None:
-    """Run trials until the study holds ``config.trials`` completed ones, then promote.
+    """Run the jobs of the search's controller until it has none left.
+
+    The strategy (stages, trial count, promotions, saved models, failures) is the
+    controller's (``strategy.ask_tell``); this loop executes its jobs in this process, with a
+    heartbeat on storages that have them.
 
     Args:
-        study: the opened study; its sampler must be a ``FixingSampler``.
+        study: the study opened by ``runner.open_study``; its sampler must be a
+            ``FixingSampler``.
         runner: builds, fine-tunes and measures trials.
         config: trial count, stages, warm starts, promotion.
         out_dir: where results are rewritten after every trial.
@@ -136,103 +116,37 @@ def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
     if not isinstance(sampler, FixingSampler):
         raise TypeError("run_search needs a study whose sampler is a FixingSampler")
     with guarding(runner.storage_url()):
-        _run_trials(study, sampler, runner, config, out_dir, on_trial)
-        fail_dead_trials(study)
-        if config.promote_steps:  # None (never resolved) or 0: no promotion
-            promote(study, runner, config, out_dir)
+        controller = SearchController(study, runner, config, out_dir, sampler,
+                                      on_trial=on_trial)
+        controller.start()
+        while not controller.done:
+            job = controller.ask()
+            if job is None:  # another worker's trial or a surplus ask: look again shortly
+                if not controller.done:
+                    time.sleep(1.0)
+                continue
+            _execute(controller, runner, job)
         with writing(out_dir):
             write_results(study, out_dir)
 
 
-def _run_trials(study: optuna.Study, sampler: FixingSampler, runner: TrialRunner,
-                config: SearchConfig, out_dir: Path,
-                on_trial: Callable[[optuna.Study], None] | None) -> None:
-    """The ask/tell loop of ``run_search``."""
-    fail_dead_trials(study)
-    fail_stale(study)
-    if config.warm_starts and runner.created_study and not study.trials:
-        enqueue_warm_starts(study, runner, config.warm_starts, config.trials)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    streak = FailureStreak(runner.options.finetune.lr, runner.options.finetune.batch_size)
-    while claimed_count(study) < config.trials:
-        rng = random.Random(config.seed * 100_003 + len(study.trials))
-        stage, fixed, base = choose_stage(study, runner, config, rng)
-        sampler.fixed = fixed
-        try:
-            trial = study.ask()
-            set_worker(trial, worker)  # at once: is_surplus of other workers sees it claimed
-            params = runner.suggest(trial)
-        finally:
-            sampler.fixed = {}
-        if is_surplus(study, trial.number, config.trials):
-            # Another worker asked between our count and our ask: the study has its trials.
-            set_fail_reason(trial, "surplus: the study already had its trials")
-            study.tell(trial, state=TrialState.FAIL)
-            time.sleep(1.0)
-            continue
-        if not has_origin(trial):  # a warm start's origin came with its enqueueing
-            set_trial_origin(trial, stage=stage, base=base)
-        outcome = _attempt(study, trial, runner, params, config, out_dir)
-        if config.strategy == "ladder" and config.promote_steps and warm_starts_done(study):
-            # Successive halving during the run: each rung's best go to the long fine-tune
-            # as soon as they are known, so the front grows while the search runs.
-            promote(study, runner, config, out_dir, final=False)
-        with writing(out_dir):
-            write_results(study, out_dir)
-            if config.save_models:
-                prune_front_models(study, out_dir)
-        if on_trial is not None:
-            on_trial(study)
-        if isinstance(outcome, TrialOutcome):
-            streak.succeeded()
-        else:
-            streak.failed(outcome)
-
-
-def _attempt(study: optuna.Study, trial: optuna.Trial, runner: TrialRunner,
-             params: dict[str, Any], config: SearchConfig,
-             out_dir: Path) -> TrialOutcome | Exception:
-    """Run one trial and tell the study; a failure is recorded with its reason and returned.
-
-    With ``config.save_models`` the weights are saved before the study is told: a trial is
-    complete only once its weights are on disk (the prune after the tell drops those of trials
-    off the front). When they cannot be saved the trial is failed, with the reason, and the
-    run stops: a disk that is full stays full.
-    """
-    # A ladder search reports promoted trials only: their promotion measures the test
-    # accuracy and keeps the weights.
-    promoted_front = config.strategy == "ladder" and bool(config.promote_steps)
+def _execute(controller: SearchController, runner: TrialRunner, job: Job) -> None:
+    """Run one job here and tell the controller its outcome."""
     try:
-        with heartbeat(study, trial):
-            outcome = runner.run(params, trial.user_attrs, test=False)
-            if not promoted_front and joins_front(study, trial.number, outcome.attrs,
-                                                  config.promote_margin):
+        with heartbeat(controller.storage, controller.study, job.number):
+            outcome = runner.run(job.params, job.attrs, job.steps, test=job.test)
+            if controller.wants_test(job, outcome):
                 runner.measure_test(outcome)
     except KeyboardInterrupt:
-        set_fail_reason(trial, "interrupted")
-        study.tell(trial, state=TrialState.FAIL)
-        write_results(study, out_dir)
+        controller.interrupted(job)
         raise
-    except UserInputError:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
-    except Exception as error:  # a failed trial is recorded and the search goes on
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-        logger.warning("trial %d failed: %s", trial.number, reason)
-        set_fail_reason(trial, reason)
-        study.tell(trial, state=TrialState.FAIL)
-        if is_out_of_memory(error):
-            release_memory()
-        return error
-    write_attrs(trial, outcome.attrs)
-    if config.save_models and outcome.model is not None and not promoted_front:
-        try:
-            runner.save_model(trial.number, outcome.model, outcome.attrs)
-        except OSError as error:
-            set_fail_reason(trial, f"its weights could not be saved: {error}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
-            raise RunFault(write_fault_message(error, out_dir)) from error
-    for budget, excess in zip(runner.budgets, outcome.constraints, strict=True):
-        trial.set_constraint(budget.metric, excess)
-    study.tell(trial, outcome.values)
-    return outcome
+    except Exception as error:  # recorded with its reason; the search goes on
+        controller.tell(job, error)
+        return
+    model = outcome.model
+
+    def save() -> None:
+        assert model is not None
+        runner.save_model(job.number, model, outcome.attrs)
+
+    controller.tell(job, outcome, save if model is not None else None)

@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,8 @@ from lpsd_search.cli.parser import build_parser
 from lpsd_search.errors import RunFault, UserInputError
 
 if TYPE_CHECKING:
+    import optuna
+
     from lpsd_search.config import RuntimeConfig, SearchOptions
 
 logger = logging.getLogger("lpsd_search")
@@ -88,12 +90,12 @@ def _search(args: argparse.Namespace) -> None:
     from lpsd_search.report.summary import print_summary
 
     options = options_from_args(args)
-    if getattr(args, "backend", "optuna") == "ray":
-        _run_ray(args, options)
-    else:
-        from lpsd_search.backends.optuna import search
+    with SearchProgress(options.search.trials) as progress:
+        if getattr(args, "backend", "optuna") == "ray":
+            _run_ray(args, options, progress.update)
+        else:
+            from lpsd_search.backends.optuna import search
 
-        with SearchProgress(options.search.trials) as progress:
             search(options, on_trial=progress.update, on_start=progress.update)
     print_summary(options.out)
     written = [options.out / "pareto.json", options.out / "trials.csv"]
@@ -102,7 +104,8 @@ def _search(args: argparse.Namespace) -> None:
     print("results: " + ", ".join(str(path) for path in written))
 
 
-def _run_ray(args: argparse.Namespace, options: SearchOptions) -> dict[str, Any]:
+def _run_ray(args: argparse.Namespace, options: SearchOptions,
+             on_trial: Callable[[optuna.Study], None]) -> dict[str, Any]:
     """Run the search on Ray Tune (``--backend ray``)."""
     from lpsd_search.backends.ray.driver import run_ray_search
     from lpsd_search.config import RayConfig
@@ -113,7 +116,7 @@ def _run_ray(args: argparse.Namespace, options: SearchOptions) -> dict[str, Any]
                              "--gpus-per-trial to share a GPU)")
     config = RayConfig(address=args.ray_address, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)
-    return run_ray_search(options, config)
+    return run_ray_search(options, config, on_trial)
 
 
 def _render(out: Path) -> list[Path]:

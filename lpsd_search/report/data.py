@@ -230,18 +230,31 @@ def hypervolume_curve(data: ReportData) -> list[tuple[int, float]]:
     return curve
 
 
+USEFUL_FRACTION = 0.5
+"""A point below this fraction of the baseline's validation accuracy has lost what made the
+model useful (a collapsed model sits near chance level): it is never the best at a level."""
+
+
+def usefulness_floor(baseline: dict[str, float]) -> float:
+    """The validation accuracy a point needs to count as the best at a compression level."""
+    return USEFUL_FRACTION * float(baseline["accuracy"])
+
+
 def best_at_levels(points: Sequence[dict[str, Any]],
-                   levels: Sequence[float] = COMPRESSION_LEVELS
+                   levels: Sequence[float] = COMPRESSION_LEVELS, floor: float = 0.0
                    ) -> list[tuple[float, dict[str, Any]]]:
-    """The most accurate point with compression ≥ each level, for the levels some point reaches.
+    """The most accurate point with compression ≥ each level and accuracy ≥ ``floor``, for the
+    levels such a point reaches.
 
     Example:
         >>> best_at_levels([{"compression": 3.0, "accuracy": 0.9}], [2, 5])
         [(2, {'compression': 3.0, 'accuracy': 0.9})]
+        >>> best_at_levels([{"compression": 3.0, "accuracy": 0.2}], [2, 5], floor=0.5)
+        []
     """
     best = []
     for level in levels:
-        reaching = [p for p in points if p["compression"] >= level]
+        reaching = [p for p in points if p["compression"] >= level and p["accuracy"] >= floor]
         if reaching:
             best.append((level, max(reaching, key=lambda p: p["accuracy"])))
     return best

@@ -22,6 +22,7 @@ from lpsd_search.report.data import (
     load_report,
     percent,
     plan_summary,
+    usefulness_floor,
 )
 from lpsd_search.report.layers import layer_table
 from lpsd_search.report.png import render_png
@@ -185,9 +186,11 @@ def _front_table(data: ReportData, out_dir_text: str) -> str:
 
 
 def _levels_table(data: ReportData) -> str:
-    best = best_at_levels(data.points)
+    floor = usefulness_floor(data.baseline)
+    best = best_at_levels(data.points, floor=floor)
     if not best:
-        return '<p class="note">No front point reaches 2× compression.</p>'
+        return (f'<p class="note">No front point reaches 2× compression with at least '
+                f'{floor:.1%} validation accuracy (half the baseline\'s).</p>')
     rows = "".join(
         f'<tr data-trial="{int(p["trial"])}"><td>≥ {level:g}×</td><td>{int(p["trial"])}</td>'
         f'<td>{p["compression"]:.1f}×</td><td>{p["accuracy"]:.2%}</td>'
@@ -195,7 +198,9 @@ def _levels_table(data: ReportData) -> str:
         f'<td>{percent(p, "test_accuracy")}</td></tr>' for level, p in best)
     return ("<table><thead><tr><th>compression</th><th>trial</th><th>actual</th>"
             "<th>val acc</th><th>Δ val</th><th>test acc</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+            f"<tbody>{rows}</tbody></table><p class=\"legend\">Points below {floor:.1%} "
+            "validation accuracy (half the baseline's) are left out: a collapsed model is "
+            "never the best at a level.</p>")
 
 
 def _failed_table(data: ReportData) -> str:

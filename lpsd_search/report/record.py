@@ -226,19 +226,15 @@ def is_promoted(study: Attributed, number: int) -> bool:
     return f"{PROMOTED_PREFIX}{number}" in study.user_attrs
 
 
-PROMOTED_AFTER = "after_trials"
-"""Key, among a promotion's measurements, of how many trials were complete when it was made
-(a search's compute over time: promotions during the run come after some trials, not all)."""
+PROMOTED_AFTER = "after_trials"  # how many trials were complete when a promotion was made
 
 
 def set_promoted(study: Writable, number: int, measured: Measured | Mapping[str, Any],
-                 after: int | None = None) -> None:
-    """Store the measurements of trial ``number``'s longer fine-tune (made after ``after``
-    completed trials, when known)."""
-    attrs = measurement_attrs(measured)
-    if after is not None:
-        attrs[PROMOTED_AFTER] = after
-    study.set_user_attr(f"{PROMOTED_PREFIX}{number}", attrs)
+                 after: int) -> None:
+    """Store the measurements of trial ``number``'s longer fine-tune, made after ``after``
+    completed trials (a search's compute over time)."""
+    study.set_user_attr(f"{PROMOTED_PREFIX}{number}",
+                        {**measurement_attrs(measured), PROMOTED_AFTER: after})
 
 
 def claim_study_name(study_name: str, number: int, generation: int) -> str:

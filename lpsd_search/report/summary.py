@@ -21,6 +21,7 @@ from lpsd_search.report.data import (
     load_report,
     percent,
     plan_summary,
+    usefulness_floor,
 )
 
 
@@ -56,11 +57,15 @@ def front_table(data: ReportData) -> Table:
 
 
 def levels_table(data: ReportData) -> Table | None:
-    """The most accurate front point at ≥ 2×, 5×, 10×, 20×, 40× (the levels reached), or None."""
-    best = best_at_levels(data.points, COMPRESSION_LEVELS)
+    """The most accurate useful front point at ≥ 2×, 5×, 10×, 20×, 40× (the levels reached),
+    or None; points below ``usefulness_floor`` are left out."""
+    floor = usefulness_floor(data.baseline)
+    best = best_at_levels(data.points, COMPRESSION_LEVELS, floor)
     if not best:
         return None
-    table = Table(title="Best point at each compression level")
+    table = Table(title="Best point at each compression level",
+                  caption=f"points below {floor:.1%} validation accuracy (half the baseline's) "
+                          "are left out")
     for column in ("compression", "trial", "actual", "params", "val acc", "Δ val", "test acc"):
         table.add_column(column, justify="right")
     for level, point in best:

@@ -18,7 +18,6 @@ import itertools
 import logging
 import os
 import socket
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
@@ -26,26 +25,19 @@ import optuna
 from lpsd_search.report.record import (
     claim_study_name,
     claimant,
-    is_promoted,
     is_released,
-    release_claim,
     set_claimant,
-    set_promoted,
 )
 from lpsd_search.report.results import (
     front,
     study_budgets,
     study_objectives,
     trial_rows,
-    write_results,
 )
-from lpsd_search.strategy.faults import writing
 from lpsd_search.strategy.policies import RUNG
-from lpsd_search.strategy.results_folder import prune_front_models
 
 if TYPE_CHECKING:
-    from lpsd_search.config import SearchConfig
-    from lpsd_search.strategy.runner import TrialRunner
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +86,8 @@ def warm_starts_done(study: optuna.Study) -> bool:
     return not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
 
 
-def claim_promotion(study: optuna.Study, number: int, worker: str) -> optuna.Study | None:
+def claim_promotion(study: optuna.Study, number: int, worker: str,
+                    storage: optuna.storages.BaseStorage) -> optuna.Study | None:
     """Claim the promotion of trial ``number`` for ``worker``; the claim, or None if taken.
 
     Optuna's storages offer no compare-and-set on attributes (two workers that read "not
@@ -113,8 +106,8 @@ def claim_promotion(study: optuna.Study, number: int, worker: str) -> optuna.Stu
         study: the search's study (its storage holds the claims).
         number: the trial to promote.
         worker: ``host:pid`` of the claiming process.
+        storage: the study's storage (the claims live beside it).
     """
-    storage = study._storage
     for generation in itertools.count():
         name = claim_study_name(study.study_name, number, generation)
         try:
@@ -149,59 +142,3 @@ def _gone(worker: str | None) -> bool:
 RUNG_MINIMUM_FACTOR = 2
 """During a ladder search a rung's best are promoted once it holds more than this many times
 ``promote_top`` trials (its heuristics, or random trials of a search without warm starts)."""
-
-
-def promote(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
-            out_dir: Path, *, final: bool = True) -> list[int]:
-    """Re-run the candidates with the longer fine-tune; returns the trials promoted now.
-
-    ``final`` False (a ladder search's promotions during the run) promotes only in rungs that
-    already hold enough trials to rank.
-
-    Raises:
-        RunFault: a promoted model or the results could not be written.
-    """
-    done = []
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-    minimum = 1 if final else RUNG_MINIMUM_FACTOR * config.promote_top + 1
-    chosen = (rung_candidates(study, config.promote_top, minimum)
-              if config.strategy == "ladder" else candidates(study, config.promote_margin))
-    for number in chosen:
-        if is_promoted(study, number):
-            continue
-        claim = claim_promotion(study, number, worker)
-        # Checked again once claimed: a void claim may be that of a worker that promoted the
-        # trial and then ended.
-        if claim is None or is_promoted(study, number):
-            continue
-        trial = study.trials[number]
-        logger.info("promoting trial %d to %d fine-tune steps", number, config.promote_steps)
-        try:
-            outcome = runner.run(trial.params, trial.user_attrs, steps=config.promote_steps)
-        except Exception as error:  # the short measurement stands; the search result is kept
-            logger.warning("promotion of trial %d failed: %s", number, error)
-            release_claim(claim)
-            continue
-        assert outcome.measured is not None
-        if config.save_models and outcome.model is not None:
-            # Saved before the study records the promotion: a promoted trial has its weights.
-            try:
-                with writing(out_dir):
-                    runner.save_model(number, outcome.model, outcome.attrs)
-            except BaseException:
-                release_claim(claim)
-                raise
-        completed = len(study.get_trials(deepcopy=False,
-                                         states=(optuna.trial.TrialState.COMPLETE,)))
-        set_promoted(study, number, outcome.measured, after=completed)
-        done.append(number)
-        with writing(out_dir):
-            write_results(study, out_dir)
-    if not done:  # called after every trial of a ladder search: nothing changed, nothing to do
-        return done
-    if config.save_models:
-        with writing(out_dir):
-            prune_front_models(study, out_dir)
-    logger.info("promoted %d trials; promoted now: %s", len(done),
-                sorted(row.trial for row in trial_rows(study) if row.promoted is not None))
-    return done

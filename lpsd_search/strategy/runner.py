@@ -21,6 +21,7 @@ from typing import Any, Literal
 import optuna
 import torch
 from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
 from torch import nn
 
 from lpsd_search.config import SearchOptions
@@ -109,6 +110,8 @@ class TrialRunner:
                 sparse=space.has_sparsity or any(SPARSE in m for m in allowed.values()))
         self.node = socket.gethostname()
         self.created_study = False
+        self.storage: BaseStorage | None = None
+        """The study's storage, once ``open_study`` opened it."""
 
     @classmethod
     def from_options(cls, options: SearchOptions) -> TrialRunner:
@@ -196,7 +199,7 @@ class TrialRunner:
         # Before anything is written: results of another study in --out are never overwritten.
         check_results_folder(self.options.out, url, name)
         self.options.out.mkdir(parents=True, exist_ok=True)
-        storage = open_storage(url)
+        storage = self.storage = open_storage(url)
         try:
             study = optuna.create_study(storage=storage, study_name=name,
                                         directions=self.objectives.directions, sampler=sampler)

@@ -159,37 +159,39 @@ def has_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
-def fail_stale(study: optuna.Study) -> None:
+def fail_stale(storage: BaseStorage, study: optuna.Study) -> None:
     """Mark RUNNING trials whose worker stopped sending heartbeats as FAILED."""
-    if has_heartbeat(study._storage):
-        optuna.storages.fail_stale_trials(study)
+    if has_heartbeat(storage):
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9; shown on every run
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 @contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Record the trial's heartbeat every few seconds while the block runs.
+def heartbeat(storage: BaseStorage, study: optuna.Study, number: int) -> Iterator[None]:
+    """Record the heartbeat of trial ``number`` every few seconds while the block runs.
 
     Optuna only beats inside ``study.optimize``; an ask/tell loop must beat itself, or other
     workers would fail its trial as stale after the grace period.
     """
-    storage = study._storage
     if not has_heartbeat(storage):
         yield
         return
     assert isinstance(storage, RDBStorage)
     stop = threading.Event()
-    trial_id = trial._trial_id
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
 
     def beat() -> None:
         while True:
             try:
                 storage.record_heartbeat(trial_id)
             except Exception as error:  # a missed beat is not worth killing the trial for
-                logger.warning("heartbeat of trial %d failed: %s", trial.number, error)
+                logger.warning("heartbeat of trial %d failed: %s", number, error)
             if stop.wait(HEARTBEAT_SECONDS):
                 return
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{number}", daemon=True)
     thread.start()
     try:
         yield

@@ -85,13 +85,14 @@ def test_a_study_from_before_several_budgets_and_objectives_still_reads():
 def test_promotion_round_trip():
     study = _study()
     assert not record.is_promoted(study, 3) and record.promoted_measures(study) == {}
-    record.set_promoted(study, 3, _measurement(400, 0.9, loss=0.3))
-    record.set_promoted(study, 12, {"params": 300, "accuracy": 0.8, "latency_ms": math.nan})
+    record.set_promoted(study, 3, _measurement(400, 0.9, loss=0.3), after=5)
+    record.set_promoted(study, 12, {"params": 300, "accuracy": 0.8, "latency_ms": math.nan},
+                        after=13)
     assert record.is_promoted(study, 3) and not record.is_promoted(study, 4)
     measures = record.promoted_measures(study)
     assert sorted(measures) == [3, 12]
     assert measures[3]["loss"] == 0.3 and "latency_ms" not in measures[3]
-    assert measures[12] == {"params": 300, "accuracy": 0.8}
+    assert measures[12] == {"params": 300, "accuracy": 0.8, "after_trials": 13}
     assert study.user_attrs["promoted:3"] == measures[3]
 
 
@@ -154,7 +155,7 @@ def test_results_read_what_the_record_wrote(tmp_path):
     failed = study.ask()
     record.set_fail_reason(failed, "RuntimeError: nan")
     study.tell(failed, state=optuna.trial.TrialState.FAIL)
-    record.set_promoted(study, 1, _measurement(300, 0.88))
+    record.set_promoted(study, 1, _measurement(300, 0.88), after=2)
 
     document = write_results(study, tmp_path)
     assert document == pareto_document(study)

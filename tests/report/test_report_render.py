@@ -251,7 +251,8 @@ def test_summary_shows_the_front_and_every_reachable_compression_level(search_di
     # small; levels no point reaches have no row.
     expected = {}
     for level in COMPRESSION_LEVELS:
-        reaching = [p for p in points if base / p["params"] >= level]
+        reaching = [p for p in points if base / p["params"] >= level
+                    and p["accuracy"] >= 0.5 * document["baseline"]["accuracy"]]
         if reaching:
             best = max(reaching, key=lambda p: p["accuracy"])
             expected[f"≥ {level:g}×"] = str(best["trial"])
@@ -270,6 +271,23 @@ def test_best_point_per_level_is_the_most_accurate_at_least_that_small(tmp_path)
     lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
              for line in console.export_text().splitlines() if "≥" in line}
     assert lines == {"≥ 2×": "3", "≥ 5×": "2", "≥ 10×": "1"}
+
+
+def test_a_collapsed_point_is_never_the_best_at_a_level(tmp_path):
+    # The 20x point kept 20 % accuracy (baseline 90 %): below half the baseline's, it is left
+    # out of the levels table, in the terminal and in the page; it stays on the front.
+    points = [_point(1, 50, 0.2), _point(2, 180, 0.7)]
+    out = _write_results(tmp_path / "run", points, [_row(p) for p in points])
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_summary(out, console)
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in text.splitlines() if "≥" in line}
+    assert lines == {"≥ 2×": "2", "≥ 5×": "2"}
+    assert "points below 45.0% validation accuracy" in text
+    page = render_report(out)[1].read_text()
+    levels = page[page.index("<th>compression</th><th>trial</th><th>actual</th>"):]
+    assert 'data-trial="2"' in levels and 'data-trial="1"' not in levels.split("</table>")[0]
 
 
 def test_failed_trials_and_an_empty_front_still_render(tmp_path):

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from lpsd_search.backends import optuna as optuna_backend
 from lpsd_search.backends.optuna import run_search
 from lpsd_search.config import SearchConfig, SearchOptions, TrainConfig
 from lpsd_search.report.record import write_study_header
+from lpsd_search.strategy import ask_tell
 from lpsd_search.strategy.controller import (
     _bases,
     choose_stage,
@@ -88,7 +88,7 @@ def test_global_stage_then_local_refinements_of_front_trials(digits, digits_mode
         chosen.append((stage, dict(fixed), base))
         return stage, fixed, base
 
-    monkeypatch.setattr(optuna_backend, "choose_stage", recording)
+    monkeypatch.setattr(ask_tell, "choose_stage", recording)
     run_search(study, runner, options.search, tmp_path)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert [t.number for t in study.trials] == [t.number for t in trials] == list(range(8))

@@ -111,8 +111,9 @@ def test_the_ladder_search_runs_heuristics_at_every_rung_and_promotes_during_the
                               + [f"uniform {r:.3g}x" for r in rungs])
     assert all(s == "sampled" for s in sources[warm:15])
     # Promotion starts once the warm starts are measured (each rung then holds three trials,
-    # enough to rank for one promotion), during the run, not at its end.
-    assert promoted_at[warm - 2] == 0 and promoted_at[warm - 1] >= len(rungs)
+    # enough to rank for one promotion), during the run, not at its end: the controller hands
+    # out the promotions before the next trial.
+    assert promoted_at[warm - 1] == 0 and promoted_at[warm] >= len(rungs)
     rows = trial_rows(study)
     # Each promotion records how many trials were complete when it was made.
     after = sorted(int(row.promoted["after_trials"]) for row in rows if row.promoted)

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -26,8 +27,10 @@ from lpsd_search.report.record import (
     set_claimant,
     write_study_header,
 )
-from lpsd_search.strategy.promotion import claim_promotion, promote
+from lpsd_search.strategy.ask_tell import SearchController
+from lpsd_search.strategy.promotion import claim_promotion
 from lpsd_search.strategy.runner import TrialOutcome
+from lpsd_search.strategy.samplers import make_sampler
 from lpsd_search.strategy.storage import open_storage
 from lpsd_search.strategy.study import load_study
 
@@ -46,9 +49,10 @@ def _claim_all(url: str, barrier: Any, results: Any, name: str) -> None:
     trial must not make its claims void here (``promote`` re-checks ``is_promoted`` for that).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="search", storage=open_storage(url))
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="search", storage=storage)
     barrier.wait(timeout=120)
-    won = [n for n in range(TRIALS) if claim_promotion(study, n, name) is not None]
+    won = [n for n in range(TRIALS) if claim_promotion(study, n, name, storage) is not None]
     results.put(won)
 
 
@@ -103,60 +107,67 @@ def test_threads_racing_on_one_storage_claim_each_trial_once(storage, tmp_path):
 
 
 def test_released_and_dead_claims_are_claimed_again_live_ones_are_not(tmp_path):
-    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 's.db'}"),
-                                study_name="search")
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="search")
     me = _worker()
-    first = claim_promotion(study, 0, me)
+    first = claim_promotion(study, 0, me, storage)
     assert first is not None
     # Claims live in storages: their names and keys are pinned like the study's.
     assert first.study_name == "search:promotion-claim:0.0"
     assert first.user_attrs == {"claimant": me}
-    assert claim_promotion(study, 0, me) is None  # held by a live process (this one)
+    assert claim_promotion(study, 0, me, storage) is None  # held by a live process (this one)
     release_claim(first)
-    assert optuna.load_study(study_name=first.study_name, storage=study._storage).user_attrs == {
+    assert optuna.load_study(study_name=first.study_name, storage=storage).user_attrs == {
         "claimant": me, "released": True}
-    again = claim_promotion(study, 0, me)
+    again = claim_promotion(study, 0, me, storage)
     assert again is not None and again.study_name == "search:promotion-claim:0.1"
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)
-    dead = claim_promotion(study, 1, me)
+    dead = claim_promotion(study, 1, me, storage)
     assert dead is not None
     set_claimant(dead, f"{socket.gethostname()}:{int(finished.stdout)}")
-    assert claim_promotion(study, 1, me) is not None  # its process is gone
+    assert claim_promotion(study, 1, me, storage) is not None  # its process is gone
 
-    elsewhere = claim_promotion(study, 2, me)
+    elsewhere = claim_promotion(study, 2, me, storage)
     assert elsewhere is not None
     set_claimant(elsewhere, "another-host:1")
-    assert claim_promotion(study, 2, me) is None  # another host's claim cannot be judged
+    assert claim_promotion(study, 2, me, storage) is None  # another host's claim cannot be judged
 
 
 def test_claims_are_not_searches_to_report(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.create_study(storage=open_storage(url), study_name="search",
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="search",
                                 directions=["maximize", "minimize"])
     write_study_header(study, config={}, baseline={"params": 10}, budgets=[{"limit": 5}],
                        objectives={}, layers={})
-    assert claim_promotion(study, 0, _worker()) is not None
+    assert claim_promotion(study, 0, _worker(), storage) is not None
     assert load_study(url, None).study_name == "search"
 
 
 
 
 class _Runner:
-    """Stands in for ``TrialRunner``: a slow longer fine-tune that counts its calls."""
+    """Stands in for ``TrialRunner`` where promotions need it: a slow longer fine-tune that
+    counts its calls, the study's storage, no budgets."""
 
-    def __init__(self, calls: Counter[int]) -> None:
+    def __init__(self, calls: Counter[int], storage: optuna.storages.BaseStorage) -> None:
         self.calls = calls
+        self.storage = storage
+        self.budgets: list[Any] = []
+        self.created_study = False
+        self.options = SimpleNamespace(finetune=SimpleNamespace(lr=0.01, batch_size=64))
 
-    def run(self, params: dict[str, Any], attrs: dict[str, Any], steps: int) -> TrialOutcome:
+    def run(self, params: dict[str, Any], attrs: dict[str, Any], steps: int | None,
+            test: bool = True) -> TrialOutcome:
         self.calls[int(attrs["params"])] += 1
         time.sleep(0.05)  # long enough for the other workers to reach the same trial
         measured = {"params": attrs["params"], "accuracy": attrs["accuracy"] + 0.01}
-        return TrialOutcome([0.0, 0.0], [0.0], dict(attrs), measured)  # type: ignore[arg-type]
+        return TrialOutcome([0.0, 0.0], [0.0], dict(measured))
 
 
-def test_workers_promoting_at_once_promote_each_trial_once(tmp_path):
+def test_controllers_promoting_at_once_promote_each_trial_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(storage=open_storage(url), study_name="search",
                                 directions=["maximize", "minimize"])
@@ -170,14 +181,25 @@ def test_workers_promoting_at_once_promote_each_trial_once(tmp_path):
             user_attrs={"accuracy": accuracy, "params": params, "bytes": 4 * params,
                         "flops": 10 * params, "test_accuracy": accuracy}))
     calls: Counter[int] = Counter()
-    config = SearchConfig(strategy="global-local", promote_steps=10, save_models=False)
+    config = SearchConfig(strategy="global-local", trials=4, promote_steps=10,
+                          save_models=False, warm_starts=())
     barrier = threading.Barrier(WORKERS)
     done: list[list[int]] = []
 
     def worker(index: int) -> None:
-        own = optuna.load_study(study_name="search", storage=open_storage(url))
+        storage = open_storage(url)
+        own = optuna.load_study(study_name="search", storage=storage)
+        runner = _Runner(calls, storage)
+        controller = SearchController(own, runner, config,  # type: ignore[arg-type]
+                                      tmp_path / f"out{index}", make_sampler("random", index))
         barrier.wait(timeout=60)
-        done.append(promote(own, _Runner(calls), config, tmp_path / f"out{index}"))
+        promoted = []
+        while (job := controller.ask()) is not None:
+            assert job.promotion and job.steps == 10
+            controller.tell(job, runner.run(job.params, job.attrs, job.steps))
+            promoted.append(job.number)
+        assert controller.done
+        done.append(promoted)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(WORKERS)]
     for thread in threads:

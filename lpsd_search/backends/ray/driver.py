@@ -1,21 +1,19 @@
-"""The Ray Tune backend: the same trials as the Optuna controller, run as Tune trials.
+"""The Ray Tune engine: the search controller's jobs run as Tune trials on a Ray cluster.
 
-``run_ray_search`` connects to a Ray cluster (``--ray-address``) or starts a local one, and runs
-the search space's define-by-run sampler through Tune's ``OptunaSearch`` (several objectives)
-under a concurrency limit, with ``cpus`` / fractional ``gpus`` per trial. Every finished Tune
-trial is copied into the Optuna results study in ``--storage`` (with its constraints, its
-measurements and the node that ran it), so ``pareto.json`` and ``trials.csv`` are the same files
-as with the Optuna backend and the report reads either alike.
+``run_ray_search`` connects to a Ray cluster (``--ray-address``) or starts a local one and runs
+the same strategy as the in-process engine (``strategy.ask_tell.SearchController``: warm starts,
+global → local or ladder trials, promotions to the longer fine-tune, saved front models) through
+a Tune ``Searcher`` (``searcher.ControllerSearcher``) under a concurrency limit, with ``cpus`` /
+fractional ``gpus`` per trial. Every job is recorded in the Optuna study in ``--storage`` as it
+finishes (with its constraints, its measurements and the node that ran it), so ``pareto.json``,
+``trials.csv``, ``models/`` and ``lpsd-search export`` work on a Ray run as on an Optuna run.
 
-Fault tolerance is Tune's: the experiment lives under ``OUT/ray/<study>-<n>``; an interrupted
-run is restored on the next invocation (``Tuner.restore(resume_errored=True)``), and a trial
-whose worker or node died is retried once (``FailureConfig(max_failures=1)``). Copies are keyed
-on the Tune trial id, so a restored run never adds a trial twice.
-
-Every trial samples every parameter (a ladder trial's rung and policy, or with ``--strategy
-flat`` every per-layer one): the global → local stages, the promotion and the saved front models
-are the Optuna controller's. Nodes need
-lpsd-search installed; the data and the dense weights come from the driver (``worker``).
+Fault tolerance: a trial whose worker or node died is retried by Tune
+(``FailureConfig(max_failures)``); a driver killed or interrupted and started again with the
+same command goes on from the study (the jobs it was running are failed as interrupted and
+asked again) in a new Tune experiment ``OUT/ray/<study>-<n>``, so no finished trial is lost or
+repeated. Nodes need lpsd-search installed; the data and the dense weights come from the driver
+(``worker``).
 
 Nothing here imports Ray at module import time; ``pip install 'lpsd-search[ray]'`` provides it.
 
@@ -36,12 +34,15 @@ from lpsd_search.config import RayConfig, SearchOptions
 from lpsd_search.errors import UserInputError
 
 if TYPE_CHECKING:
-    from ray.tune import ResultGrid
+    from collections.abc import Callable
 
-    from lpsd_search.backends.ray.record import StudyRecorder
+    import optuna
+
+    from lpsd_search.strategy.ask_tell import SearchController
     from lpsd_search.strategy.runner import TrialRunner
 
 logger = logging.getLogger(__name__)
+
 
 def search_key(options: SearchOptions, storage_url: str) -> str:
     """A short id of one search (storage and study), shared by driver and workers."""
@@ -63,60 +64,51 @@ def _ship(runner: TrialRunner, key: str, config: RayConfig) -> Shipment:
                     threads=max(1, int(config.cpus_per_trial)))
 
 
-def _run_experiments(runner: TrialRunner, recorder: StudyRecorder, key: str,
-                     config: RayConfig) -> None:
-    """Restore the latest unfinished experiment, then start one for the trials still missing."""
+def _run_experiment(runner: TrialRunner, controller: SearchController, key: str,
+                    config: RayConfig) -> None:
+    """One Tune experiment running the controller's jobs until it has none left."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from lpsd_search.backends.ray.record import Record, make_searcher
+    from lpsd_search.backends.ray.searcher import ControllerSearcher
 
     options = runner.options
     root = (options.out / "ray").resolve()
+    number = len(_experiment_dirs(root, options.search.study_name)) + 1
+    name = f"{options.search.study_name}-{number}"
     resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
     function = tune.with_resources(
         tune.with_parameters(trainable, shipment=_ship(runner, key, config)), resources)
-    existing = _experiment_dirs(root, options.search.study_name)
-    if existing and tune.Tuner.can_restore(str(existing[-1])):
-        logger.info("restoring the Ray Tune experiment %s", existing[-1])
-        tuner = tune.Tuner.restore(str(existing[-1]), function, resume_errored=True)
-        _finish(tuner.fit(), recorder)
-    missing = options.search.trials - recorder.completed()
-    if missing <= 0:
-        return
-    searcher = ConcurrencyLimiter(make_searcher(runner, recorder.study, key),
-                                  max_concurrent=config.max_concurrent)
-    name = f"{options.search.study_name}-{len(existing) + 1}"
-    logger.info("Ray Tune experiment %s: %d trials, %d at a time", name, missing,
-                config.max_concurrent)
+    searcher = ControllerSearcher(controller, root / name)
+    logger.info("Ray Tune experiment %s: %d trials, %d jobs at a time", name,
+                options.search.trials, config.max_concurrent)
     tuner = tune.Tuner(
         function,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=missing,
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=config.max_concurrent),
+            num_samples=-1, reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(storage_path=str(root), name=name, verbose=0,
                                   failure_config=tune.FailureConfig(
-                                      max_failures=config.max_failures),
-                                  callbacks=[Record(key)]),
+                                      max_failures=config.max_failures)),
     )
-    _finish(tuner.fit(), recorder, missing)
-
-
-def _finish(grid: ResultGrid, recorder: StudyRecorder, expected: int | None = None) -> None:
-    """Record the experiment's trials; raise ``KeyboardInterrupt`` if it was interrupted."""
-    recorder.sweep(grid)
-    # Tune ends ``fit`` quietly on Ctrl-C, after saving the experiment for ``Tuner.restore``.
-    if grid.num_terminated + grid.num_errors < len(grid) or (
-            expected is not None and len(grid) < expected):
+    tuner.fit()
+    if searcher.fault is not None:
+        raise searcher.fault
+    if not controller.done:
+        # Tune ends ``fit`` quietly on Ctrl-C: the jobs it stopped fail as interrupted.
+        searcher.interrupt()
         raise KeyboardInterrupt
 
 
-def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, Any]:
+def run_ray_search(options: SearchOptions, config: RayConfig,
+                   on_trial: Callable[[optuna.Study], None] | None = None) -> dict[str, Any]:
     """Run (or continue) a search on Ray Tune and return the ``pareto.json`` document.
 
     Args:
         options: what to search (as for the Optuna backend); ``options.search.trials`` is the
             number of completed trials the results study should hold at the end.
         config: cluster address, resources per trial, concurrency, retries.
+        on_trial: called after every finished trial (progress display).
 
     Raises:
         UserInputError: bad input, Ray missing (``pip install 'lpsd-search[ray]'``), or an
@@ -127,15 +119,18 @@ def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, Any]:
         import ray
     except ImportError:
         raise UserInputError("the ray backend needs Ray: pip install 'lpsd-search[ray]'") from None
-    from lpsd_search.backends.ray.record import StudyRecorder
     from lpsd_search.report.results import write_results
+    from lpsd_search.strategy.ask_tell import SearchController
     from lpsd_search.strategy.faults import guarding, writing
     from lpsd_search.strategy.runner import TrialRunner
+    from lpsd_search.strategy.samplers import make_sampler
 
+    sampler = make_sampler(options.search.sampler, options.search.seed)
     runner = TrialRunner.from_options(options)
-    study = runner.open_study()  # refuses an --out holding another study's results
+    study = runner.open_study(sampler)  # refuses an --out holding another study's results
     key = search_key(options, runner.storage_url())
-    recorder = StudyRecorder.register(key, study, runner)
+    controller = SearchController(study, runner, options.search, options.out, sampler,
+                                  lazy_test=False, on_trial=on_trial)
     started_here = not ray.is_initialized()
     if started_here:
         try:
@@ -146,12 +141,10 @@ def run_ray_search(options: SearchOptions, config: RayConfig) -> dict[str, Any]:
                                  f"{error}") from None
     try:
         with guarding(runner.storage_url()):
-            _run_experiments(runner, recorder, key, config)
+            controller.start()
+            _run_experiment(runner, controller, key, config)
     finally:
-        StudyRecorder.unregister(key)
         if started_here:
             ray.shutdown()
     with guarding(runner.storage_url()), writing(options.out):
         return write_results(study, options.out)
-
-

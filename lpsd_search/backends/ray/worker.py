@@ -7,20 +7,22 @@ actor runs many trials, so the large objects cross the network once per node, ar
 once per worker process, and never once per trial. Nodes need the package installed, but neither
 the data nor the checkpoint on their disks, and no node retrains the baseline.
 
-Results go back to Tune as flat metrics: the objectives under ``objective_<name>`` (what
-``OptunaSearch`` reads), the constraints, and the trial's user attributes as JSON.
+Each Tune trial runs one job of the search controller (``strategy.ask_tell.Job``, the trial's
+config) and reports once: the objective values, the constraints and the trial's user attributes
+as JSON, or the reason it failed; a job that keeps its weights adds them as a Tune checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lpsd_search.errors import UserInputError
 from lpsd_search.report.record import NODE, RAY_NODE_ID
 
 if TYPE_CHECKING:
@@ -29,20 +31,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ATTRS_KEY = "lpsd_attrs"
-"""Config key holding the Optuna trial's user attributes (a warm start's ``plan_override``)."""
+JOB_KEY = "lpsd_job"
+"""Config key of the job a Tune trial runs (``strategy.ask_tell.Job.to_dict``)."""
 FAIL_KEY = "lpsd_fail_reason"
+"""A failed job's error message."""
+ERROR_KEY = "lpsd_error_type"
+"""A failed job's error class name: the driver raises the same kind of error (bad input stops
+the search, divergence and memory advice name their cause, as in-process)."""
+VALUES_KEY = "lpsd_values"
 CONSTRAINTS_KEY = "lpsd_constraints"
 OUTCOME_KEY = "lpsd_outcome"
 NODE_KEY = NODE
 """Result key of the node label; it also lands in the trial's attributes under the same key."""
 NODE_ID_KEY = RAY_NODE_ID
-OBJECTIVE_PREFIX = "objective_"
-
-
-def metric_name(objective: str) -> str:
-    """The Tune metric under which ``objective`` is reported."""
-    return f"{OBJECTIVE_PREFIX}{objective}"
+MODEL_FILE = "model.pt"
+"""The job's saved weights in its Tune checkpoint (the file ``lpsd-search export`` reads)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,14 @@ def worker_runner(shipment: Shipment) -> TrialRunner:
     return runner
 
 
-def trial_dirname(trial: Any) -> str:
+def trial_folder(trial_id: str) -> str:
     """A short folder name per Tune trial (the default spells out every parameter)."""
-    return f"trial_{trial.trial_id}"
+    return f"trial_{trial_id}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Tune's ``trial_dirname_creator``: ``trial_folder`` of the trial's id."""
+    return trial_folder(trial.trial_id)
 
 
 def node_label() -> tuple[str, str]:
@@ -110,36 +118,46 @@ def node_label() -> tuple[str, str]:
 
 
 def trainable(config: dict[str, Any], shipment: Shipment) -> None:
-    """The Tune function trainable: run one trial and report its outcome once.
+    """The Tune function trainable: run one job of the controller and report it once.
 
-    An error in the trial itself (a diverged fine-tune, say) is reported as a failed result,
-    since retrying it would fail again; a lost worker or node raises inside Ray and Tune retries
-    the trial (``FailureConfig``). Bad user input is raised: it fails every trial alike.
+    An error in the job itself (a diverged fine-tune, say) is reported as a failed result,
+    since retrying it would fail again; bad user input too, marked so that the driver stops the
+    search. A lost worker or node raises inside Ray and Tune retries the trial
+    (``FailureConfig``). A job that keeps its weights reports them as a Tune checkpoint holding
+    the file ``lpsd-search export`` reads; the driver copies it to ``OUT/models``.
     """
     from ray import tune
 
+    from lpsd_search.strategy.ask_tell import Job
+
+    job = Job.from_dict(config[JOB_KEY])
     runner = worker_runner(shipment)
-    distributions = runner.distributions()
-    params = {name: value for name, value in config.items() if name in distributions}
-    attrs = dict(config.get(ATTRS_KEY) or {})
     node, node_id = node_label()
     where = {NODE_KEY: node, NODE_ID_KEY: node_id}
     try:
-        outcome = runner.run(params, attrs)
-    except UserInputError:
-        raise
-    except Exception as error:  # recorded as a failed trial; the search goes on
-        reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-        logger.warning("trial failed on %s: %s", node, reason)
-        # Tune insists on every searcher metric in a result; NaN marks them as missing.
-        tune.report({**{metric_name(n): math.nan for n in runner.objective_names},
-                     FAIL_KEY: reason, **where})
+        outcome = runner.run(job.params, job.attrs, job.steps, test=job.test)
+    except Exception as error:  # recorded as a failed trial by the driver
+        logger.warning("job of trial %d failed on %s: %s: %s", job.number, node,
+                       type(error).__name__, error)
+        tune.report({FAIL_KEY: str(error), ERROR_KEY: type(error).__name__, **where})
         return
-    attrs_out = {**outcome.attrs, **where}
-    tune.report({
-        **{metric_name(n): float(v)
-           for n, v in zip(runner.objective_names, outcome.values, strict=True)},
+    metrics = {
+        VALUES_KEY: [float(v) for v in outcome.values],
         CONSTRAINTS_KEY: [float(c) for c in outcome.constraints],
-        OUTCOME_KEY: json.dumps(attrs_out, default=str),
+        OUTCOME_KEY: json.dumps({**outcome.attrs, **where}, default=str),
         **where,
-    })
+    }
+    if not (job.save and outcome.model is not None):
+        tune.report(metrics)
+        return
+    from lpsd_search.trial.export import save_trial_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        saved = save_trial_model(Path(folder), job.number, outcome.model,
+                                 plan=outcome.attrs["plan"], measures=outcome.attrs,
+                                 model_spec=runner.options.model, data=runner.data)
+        saved.rename(Path(folder) / MODEL_FILE)
+        for leftover in Path(folder).iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
