@@ -64,8 +64,7 @@ def levels_table(data: ReportData) -> Table | None:
     if not best:
         return None
     table = Table(title="Best point at each compression level",
-                  caption=f"points below {floor:.1%} validation accuracy (half the baseline's) "
-                          "are left out")
+                  caption=f"points under {floor:.1%} val acc (half the baseline's) left out")
     for column in ("compression", "trial", "actual", "params", "val acc", "Δ val", "test acc"):
         table.add_column(column, justify="right")
     for level, point in best:

@@ -284,7 +284,7 @@ def test_a_collapsed_point_is_never_the_best_at_a_level(tmp_path):
     lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
              for line in text.splitlines() if "≥" in line}
     assert lines == {"≥ 2×": "2", "≥ 5×": "2"}
-    assert "points below 45.0% validation accuracy" in text
+    assert "points under 45.0% val acc (half the baseline's) left out" in text
     page = render_report(out)[1].read_text()
     levels = page[page.index("<th>compression</th><th>trial</th><th>actual</th>"):]
     assert 'data-trial="2"' in levels and 'data-trial="1"' not in levels.split("</table>")[0]
