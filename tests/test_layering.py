@@ -19,7 +19,7 @@ TOP = "lpsd_search"
 BASE = "base"
 """Modules every layer may use: errors, the registry, the presets, the option dataclasses and
 their names."""
-BASE_MODULES = {"errors", "checks", "registry", "presets", "config", "options"}
+BASE_MODULES = {"errors", "checks", "registry", "presets", "config", "options", "safe_json"}
 
 # Data flows one way: cli/api -> backends -> strategy -> procedures -> trial -> plan -> lpsd ->
 # decompositions, with models/data beside them at the bottom; report reads results only.

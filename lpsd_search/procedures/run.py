@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import asdict
 from typing import Any
@@ -28,6 +27,7 @@ from lpsd_search.plan.budget import BudgetSpec, Pricer, parse_budget
 from lpsd_search.plan.layers import find_layers
 from lpsd_search.plan.measure import measure
 from lpsd_search.procedures.compress import compress_model
+from lpsd_search.safe_json import json_safe
 from lpsd_search.trial.baseline import new_model, prepare_baseline
 from lpsd_search.trial.device import resolve_device
 from lpsd_search.trial.evaluate import Evaluator, validation_loss
@@ -54,17 +54,6 @@ def _check_budget(options: CompressOptions, data: DataSplits, spec: BudgetSpec) 
         raise UserInputError(f"{method.name} cannot compress any layer of {options.model!r}; "
                              "valid: another --low-rank method")
     pricer.check_reachable(budget, allowed)
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinite float made None (JSON has no such numbers)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def run_compress(options: CompressOptions) -> dict[str, Any]:

@@ -121,18 +121,6 @@ def measurement_attrs(measured: Measured | Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values if not (isinstance(v, float) and math.isnan(v))}
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinite float made None: strict JSON has no such numbers,
-    and ``pareto.json`` is read by other tools than Python's ``json``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
-
-
 def write_attrs(target: Writable, attrs: Mapping[str, Any]) -> None:
     """Set every entry of ``attrs`` on a study or trial."""
     for key, value in attrs.items():

@@ -31,7 +31,6 @@ from lpsd_search.report.record import (
     PROMOTED_AFTER,
     SAMPLED,
     fail_reason,
-    json_safe,
     promoted_measures,
     study_baseline,
     study_budget,
@@ -48,6 +47,7 @@ from lpsd_search.report.record import (
     trial_source,
     trial_stage,
 )
+from lpsd_search.safe_json import json_safe
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
