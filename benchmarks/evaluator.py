@@ -14,12 +14,14 @@ in the ``auto`` precision: the ceiling of the device. The variants run round-rob
 (``--repeats`` times) so that load from other processes falls on all alike; images/s are
 medians. Each row's validation accuracy is from its first repeat (same start, same seed).
 
-Then where a trial's time goes: one ``Evaluator.evaluate`` of the plan with an empty factor
-cache and once more with it filled (decomposition = the difference of their build times),
-and a real search (``--search-trials`` trials, default 12, flat, no warm starts, no
-promotion) whose wall time between its first trial's start and its last trial's end is split
-into fine-tune, the rest of the evaluator (build, evaluation; the test accuracy of the trials
-that join the front included) and the controller (sampling, storage, results).
+Then where a trial's time goes: one ``Evaluator.evaluate`` of the plan as a search runs it
+(validation only) with an empty factor cache and once more with it filled (decomposition = the
+difference of their build times), plus the test accuracy a trial that reaches the front adds;
+a real flat search (``--search-trials`` trials, default 12, random plans, no warm starts, no
+promotion) and, for the ``--default-search`` models, a search with the default strategy
+(``--default-trials``: ladder, heuristic warm starts at every rung, promotions during the run),
+each split from its first trial's start to its return into plan, build, fine-tune,
+evaluation and the controller (sampling, storage, results).
 
 With ``--workers 1,4`` (GPU tier) it also runs that many ``lpsd-search search`` processes on
 one study and device and counts completed trials per hour.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
 import os
 import statistics
@@ -60,6 +63,7 @@ from lpsd_search.decompositions.ranks import fraction_rank
 from lpsd_search.models.checkpoint import save_checkpoint
 from lpsd_search.plan.choices import LayerChoice, Plan
 from lpsd_search.plan.layers import find_layers
+from lpsd_search.report.record import PROMOTED_PREFIX
 from lpsd_search.strategy.storage import open_storage
 from lpsd_search.trial.baseline import load_model, train_baseline
 from lpsd_search.trial.batching import endless
@@ -149,34 +153,58 @@ def finetune_rows(spec: str, evaluator: Evaluator, plan: Plan, runtimes: dict[st
 
 
 def trial_split(evaluator: Evaluator, plan: Plan) -> dict[str, float]:
+    """One trial as a search runs it (validation only), with an empty factor cache and again
+    with it filled; then what a trial that reaches the front adds: its test accuracy."""
     evaluator.cache = FactorCache()
-    first, _ = evaluator.evaluate(plan)
-    second, _ = evaluator.evaluate(plan)
+    first, _ = evaluator.evaluate(plan, test=False)
+    second, model = evaluator.evaluate(plan, test=False)
+    start = time.perf_counter()
+    evaluator.test_accuracy(model)
     return {"decomposition": first.build_seconds - second.build_seconds,
             "build": second.build_seconds, "finetune": second.finetune_seconds,
-            "evaluation": second.eval_seconds, "total": second.seconds}
+            "evaluation": second.eval_seconds, "total": second.seconds,
+            "test": time.perf_counter() - start}
 
 
 def search_split(spec: str, checkpoint: Path, data_spec: str, device: str,
-                 args: argparse.Namespace, work: Path) -> dict[str, float]:
-    out = work / f"search-{spec.replace(':', '_')}"
+                 args: argparse.Namespace, work: Path, strategy: str) -> dict[str, float]:
+    """A real search's wall time split into plan, build, fine-tune, evaluation, controller.
+
+    ``flat``: random plans, no warm starts, no promotion (the evaluator's own overhead on
+    varied plans); ``default``: the default strategy (ladder, heuristic warm starts at every
+    rung, promotions during the run), whose allocators choose plans (``plan``).
+    """
+    out = work / f"search-{strategy}-{spec.replace(':', '_')}"
+    search_config = (SearchConfig(trials=args.search_trials, strategy="flat", warm_starts=(),
+                                  promote_steps=0) if strategy == "flat"
+                     else SearchConfig(trials=args.default_trials))
     options = SearchOptions(
         model=spec, data=data_spec, budget="0.1", out=out, checkpoint=str(checkpoint),
-        finetune=TrainConfig(steps=args.steps), device=device,
-        search=SearchConfig(trials=args.search_trials, strategy="flat", warm_starts=(),
-                            promote_steps=0),
+        finetune=TrainConfig(steps=args.steps), device=device, search=search_config,
         runtime=RuntimeConfig(threads=args.threads))
     search(options)
+    ended = datetime.datetime.now()
     study = optuna.load_study(study_name=options.search.study_name,
                               storage=open_storage(f"sqlite:///{out / 'study.db'}"))
     trials = [t for t in study.trials if t.state.name == "COMPLETE"]
-    wall = (max(t.datetime_complete for t in trials)
-            - min(t.datetime_start for t in trials)).total_seconds()
-    evaluator_s = sum(t.user_attrs["seconds"] for t in trials)
-    finetune_s = sum(t.user_attrs["finetune_seconds"] for t in trials)
-    return {"trials": len(trials), "wall": wall, "finetune": finetune_s,
-            "evaluator_rest": evaluator_s - finetune_s, "controller": wall - evaluator_s,
-            "non_finetune_share": 1 - finetune_s / wall}
+    runs = [t.user_attrs for t in trials] + [
+        value for key, value in study.user_attrs.items() if key.startswith(PROMOTED_PREFIX)]
+    # From the first trial's start to the search's return: promotions and the final results
+    # included (trials' datetimes are Optuna's naive local times).
+    wall = (ended - min(t.datetime_start for t in trials)).total_seconds()
+
+    def total(key: str) -> float:
+        return sum(float(run.get(key, 0.0)) for run in runs)
+
+    evaluator_s = total("seconds")
+    return {"trials": len(trials), "runs": len(runs), "wall": wall,
+            "plan": total("plan_seconds"),
+            "build": total("build_seconds") - total("plan_seconds"),
+            "finetune": total("finetune_seconds"), "evaluation": total("eval_seconds"),
+            "evaluator_rest": evaluator_s - total("finetune_seconds"),
+            "controller": wall - evaluator_s,
+            "non_finetune_share": 1 - total("finetune_seconds") / wall,
+            "share_without_plan": 1 - total("finetune_seconds") / (wall - total("plan_seconds"))}
 
 
 def workers_rows(spec: str, checkpoint: Path, data_spec: str, device: str,
@@ -224,21 +252,35 @@ def markdown(args: argparse.Namespace, device: torch.device, auto: Runtime,
                          f"{row['images_per_s'] / before:.2f}x | {row['seconds']:.2f} | "
                          f"{accuracy} |")
     lines += ["", "## Where a trial's time goes", "",
-              "| model | what | decomposition s | build s | fine-tune s | evaluation s | "
-              "controller s | non-fine-tune share |", "|---|---|---|---|---|---|---|---|"]
+              "Seconds per run (a trial, or a promotion's longer fine-tune). *plan*: choosing "
+              "the plan (repair, or an allocator such as ALPSD's local selection); "
+              "*decomposition*: factorising on an empty factor cache; *build*: the rest of "
+              "building; *evaluation*: size and validation accuracy (test accuracy only where "
+              "said); *controller*: sampling, storage, saving weights, results.", "",
+              "| model | what | runs | plan s | decomposition s | build s | fine-tune s | "
+              "evaluation s | controller s | non-fine-tune share |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for spec, split in results["split"].items():
         share = 1 - split["finetune"] / split["total"]
-        lines.append(f"| {spec} | one trial (evaluate incl. test accuracy, warm cache) | "
-                     f"{split['decomposition']:.3f} | {split['build']:.3f} | "
-                     f"{split['finetune']:.2f} | "
-                     f"{split['evaluation']:.2f} | — | {share:.1%} |")
-        found = results["search"].get(spec)
-        if found:
-            count = found["trials"]
-            lines.append(f"| {spec} | search, per trial ({count} trials) | — | "
-                         f"{found['evaluator_rest'] / count:.2f} (build + evaluation) | "
-                         f"{found['finetune'] / count:.2f} | — | "
-                         f"{found['controller'] / count:.2f} | "
+        lines.append(f"| {spec} | one trial as a search runs it (validation; warm cache) | 1 | "
+                     f"— | {split['decomposition']:.3f} | {split['build']:.3f} | "
+                     f"{split['finetune']:.2f} | {split['evaluation']:.2f} | — | {share:.1%} |")
+        front = 1 - split["finetune"] / (split["total"] + split["test"])
+        lines.append(f"| {spec} | the same trial reaching the front (+ test accuracy) | 1 | — "
+                     f"| {split['decomposition']:.3f} | {split['build']:.3f} | "
+                     f"{split['finetune']:.2f} | {split['evaluation'] + split['test']:.2f} | — "
+                     f"| {front:.1%} |")
+        for strategy, found in results["search"].get(spec, {}).items():
+            runs = found["runs"]
+            what = (f"flat search, {found['trials']} random trials (front trials' test "
+                    "accuracy included)" if strategy == "flat" else
+                    f"default search (ladder), {found['trials']} trials + "
+                    f"{runs - found['trials']} promotions; share without plan "
+                    f"{found['share_without_plan']:.1%}")
+            lines.append(f"| {spec} | {what} | {runs} | {found['plan'] / runs:.2f} | — | "
+                         f"{found['build'] / runs:.2f} | {found['finetune'] / runs:.2f} | "
+                         f"{found['evaluation'] / runs:.2f} | "
+                         f"{found['controller'] / runs:.2f} | "
                          f"{found['non_finetune_share']:.1%} |")
     if results.get("workers"):
         lines += ["", "## Several trials per device", "",
@@ -260,13 +302,18 @@ def main() -> None:
     parser.add_argument("--train-epochs", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--search-trials", type=int, default=12)
+    parser.add_argument("--search-trials", type=int, default=12,
+                        help="trials of the flat search (0: none)")
+    parser.add_argument("--default-search", default="vgg16:width=0.25",
+                        help="comma list of models that also get a default-strategy search")
+    parser.add_argument("--default-trials", type=int, default=24)
     parser.add_argument("--workers", default="", help="comma list of worker counts (GPU)")
     parser.add_argument("--worker-trials", type=int, default=16)
     parser.add_argument("--cache-dir", type=Path, default=Path("benchmarks/cache"))
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     args.workers = [int(w) for w in args.workers.split(",") if w]
+    args.default_search = [m for m in args.default_search.split(",") if m]
     device = torch.device("cuda" if args.tier == "gpu" else "cpu")
     auto = resolve_runtime(RuntimeConfig(threads=args.threads), device)
     runtimes = {"fp32": Runtime(device, "fp32", False, False, auto.threads), "auto": auto}
@@ -284,9 +331,13 @@ def main() -> None:
             plan = tucker_plan(evaluator.model, evaluator.example)
             results["finetune"][spec] = finetune_rows(spec, evaluator, plan, runtimes, args)
             results["split"][spec] = trial_split(evaluator, plan)
-            if args.search_trials:
-                results["search"][spec] = search_split(spec, checkpoint, args.data, str(device),
-                                                       args, work)
+            strategies = (["flat"] if args.search_trials else []) + (
+                ["default"] if spec in args.default_search else [])
+            results["search"][spec] = {}
+            for strategy in strategies:
+                results["search"][spec][strategy] = search_split(
+                    spec, checkpoint, args.data, str(device), args, work, strategy)
+                save(args, device, auto, results)
             save(args, device, auto, results)  # each model's rows as soon as they exist
         if args.workers:
             first = args.models.split(",")[0]

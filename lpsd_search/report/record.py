@@ -70,7 +70,10 @@ TRAINING_METHODS = ("admm_steps", "admm_rho", "admm_rho_growth", "orth_reg")
 """How the trial's model was trained besides its fine-tune: ADMM steps and schedule before it
 was decomposed (``trial.admm``; ρ and its growth are stored only when ADMM ran) and the weight of
 the orthogonality penalty in its fine-tune (``trial.orthogonal``)."""
-MEASUREMENT_KEYS = (*MEASURES, SECONDS, *EXTRA, "finetune_steps", *PHASES, *TRAINING_METHODS)
+PLAN_SECONDS = "plan_seconds"
+"""Of ``build_seconds``, choosing the plan (an allocator's, ALPSD's local selection above all)."""
+MEASUREMENT_KEYS = (*MEASURES, SECONDS, *EXTRA, "finetune_steps", *PHASES, PLAN_SECONDS,
+                    *TRAINING_METHODS)
 """The fields of ``trial.evaluate.Measurement``, stored one attribute each."""
 FINETUNED = ("accuracy", "test_accuracy", "loss")
 """Measurements a longer fine-tune changes; the others are fixed by the plan."""
@@ -295,6 +298,13 @@ def base_trial(trial: Attributed) -> int | None:
     """The trial a local trial refines, or None."""
     base = trial.user_attrs.get(BASE_TRIAL)
     return None if base is None else int(base)
+
+
+def rebuild_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A promotion's attributes: the trial's, with the plan it built as the exact plan to
+    build again (an allocator's plan, ALPSD's local selection above all, is not recomputed)."""
+    plan = attrs.get(PLAN)
+    return dict(attrs) if not plan else {**attrs, PLAN_OVERRIDE: dict(plan)}
 
 
 def plan_override(attrs: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ from lpsd_search.errors import RunFault, UserInputError
 from lpsd_search.report.record import (
     has_origin,
     is_promoted,
+    rebuild_attrs,
     release_claim,
     set_fail_reason,
     set_promoted,
@@ -240,7 +241,7 @@ class SearchController:
             trial = self.study.trials[number]
             logger.info("promoting trial %d to %d fine-tune steps", number,
                         config.promote_steps)
-            return Job(number, dict(trial.params), dict(trial.user_attrs),
+            return Job(number, dict(trial.params), rebuild_attrs(trial.user_attrs),
                        steps=config.promote_steps, promotion=True, test=True,
                        save=config.save_models)
         return None

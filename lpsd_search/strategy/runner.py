@@ -266,7 +266,8 @@ class TrialRunner:
         predicted = self.pricer.size(plan)
         measured, model = self.evaluator.evaluate(plan, steps, test=test)
         measured = replace(measured, seconds=measured.seconds + planned,
-                           build_seconds=measured.build_seconds + planned)
+                           build_seconds=measured.build_seconds + planned,
+                           plan_seconds=planned)
         if (measured.params, measured.bytes, measured.flops) != (
                 predicted.params, predicted.bytes, predicted.flops):
             logger.warning("closed-form size %s differs from the built model's %s",

@@ -26,6 +26,7 @@ from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.measure import ModelSize, measure
 from lpsd_search.trial.admm import AdmmCache, admm_targets, admm_train, target_family
 from lpsd_search.trial.batching import batches
+from lpsd_search.trial.incremental import IncrementalForward
 from lpsd_search.trial.orthogonal import OrthogonalRegulariser
 from lpsd_search.trial.runtime import Runtime, fp32_decompositions
 from lpsd_search.trial.train import score, train
@@ -48,7 +49,9 @@ class Measurement:
         latency_ms: median forward latency on the evaluation device (NaN when not measured).
         finetune_steps: fine-tune steps this measurement had.
         build_seconds: ADMM training (on a miss of the ADMM cache), decomposing and building
-            the compressed model (cache hits are cheap).
+            the compressed model (cache hits are cheap); in a search, choosing the plan too.
+        plan_seconds: of ``build_seconds``, choosing the plan (a search's repair, or an
+            allocator's plan such as ALPSD's local selection; NaN outside a search).
         finetune_seconds: the fine-tune.
         eval_seconds: measuring size, validation and test accuracy (and latency).
         admm_steps: ADMM steps the dense model had before it was decomposed (0: none, also
@@ -68,6 +71,7 @@ class Measurement:
     latency_ms: float = math.nan
     finetune_steps: int = 0
     build_seconds: float = math.nan
+    plan_seconds: float = math.nan
     finetune_seconds: float = math.nan
     eval_seconds: float = math.nan
     admm_steps: int = 0
@@ -158,8 +162,8 @@ class Evaluator:
             latency = measure_latency(model, batch, self.latency_runs)
         end = time.perf_counter()
         return Measurement(size.params, size.bytes, size.flops, val_accuracy, test_accuracy,
-                           end - start, val_loss, latency, steps, phases[0], phases[1],
-                           end - began)
+                           end - start, val_loss, latency, steps, build_seconds=phases[0],
+                           finetune_seconds=phases[1], eval_seconds=end - began)
 
     def baseline(self) -> Measurement:
         """Measurements of the dense model, without fine-tuning."""
@@ -239,16 +243,48 @@ OBJECTIVE_EXAMPLES = 2000
 """Validation images the local selection scores each candidate on (a fixed subset: speed)."""
 
 
-def validation_loss(data: DataSplits, device: torch.device,
-                    examples: int = OBJECTIVE_EXAMPLES) -> Any:
-    """A function returning a model's mean cross-entropy on a fixed validation subset."""
-    # fp32 on purpose: local selection compares candidates whose losses differ by little.
-    inputs, labels = next(batches(data.val, examples, torch.Generator().manual_seed(0),
-                                  device=device))
+class ValidationLoss:
+    """A model's mean cross-entropy on a fixed validation subset (``OBJECTIVE_EXAMPLES``).
+
+    Calling it scores a model; ``tracking`` scores one model again and again while a few of
+    its layers change, recomputing only what depends on them (``IncrementalForward``).
+    """
+
+    def __init__(self, data: DataSplits, device: torch.device,
+                 examples: int = OBJECTIVE_EXAMPLES) -> None:
+        self.device = device
+        self.inputs, self.labels = next(batches(data.val, examples,
+                                                torch.Generator().manual_seed(0), device=device))
 
     @torch.no_grad()
-    def loss(model: nn.Module) -> float:
-        model.to(device).eval()
-        return float(functional.cross_entropy(model(inputs), labels))
+    def __call__(self, model: nn.Module) -> float:
+        # fp32 on purpose: local selection compares candidates whose losses differ by little.
+        model.to(self.device).eval()
+        return float(functional.cross_entropy(model(self.inputs), self.labels))
 
-    return loss
+    def tracking(self, model: nn.Module) -> Tracked:
+        """``model`` followed through weight changes: ``set_weight(name, w)`` then ``loss()``
+        recomputes only what the written layers feed (``IncrementalForward``; BatchNorm
+        folded, so equal to calling this object on the written model to rounding)."""
+        return Tracked(IncrementalForward(model.to(self.device), self.inputs), self.labels)
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """The validation loss of one model whose layers get new weights (``tracking``)."""
+
+    forward: IncrementalForward
+    labels: torch.Tensor
+
+    def set_weight(self, name: str, weight: torch.Tensor) -> None:
+        self.forward.set_weight(name, weight)
+
+    @torch.no_grad()
+    def loss(self) -> float:
+        return float(functional.cross_entropy(self.forward(), self.labels))
+
+
+def validation_loss(data: DataSplits, device: torch.device,
+                    examples: int = OBJECTIVE_EXAMPLES) -> ValidationLoss:
+    """A function returning a model's mean cross-entropy on a fixed validation subset."""
+    return ValidationLoss(data, device, examples)

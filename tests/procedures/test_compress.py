@@ -19,6 +19,8 @@ from lpsd_search.plan.choices import Plan
 from lpsd_search.plan.measure import measure
 from lpsd_search.procedures.allocation import Candidate, balanced_ranks, ladder
 from lpsd_search.procedures.compress import compress_model
+from lpsd_search.procedures.scoring import TrackingObjective
+from lpsd_search.trial.evaluate import ValidationLoss
 from lpsd_search.trial.train import accuracy
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
@@ -153,3 +155,20 @@ def test_compress_bad_input_is_one_line(args, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert message in err
+
+
+def test_tracked_validation_loss_makes_the_same_plan_as_whole_passes(digits, digits_model):
+    # The validation loss follows the scored copy incrementally (BatchNorm folded, only what
+    # the changed layers feed recomputed); ALPSD must choose exactly what whole passes choose.
+    loss = ValidationLoss(digits, torch.device("cpu"))
+    assert isinstance(loss, TrackingObjective)
+    budget = parse_budget("0.15").resolve(measure(digits_model, EXAMPLE).params)
+    config = CompressConfig(procedure="alpsd", low_rank="svd", local_passes=2)
+    tracked = compress_model(digits_model, EXAMPLE, budget, config, objective=loss)
+    whole = compress_model(digits_model, EXAMPLE, budget, config,
+                           objective=lambda model: loss(model))
+    assert tracked.moves and tracked.moves == whole.moves
+    assert tracked.plan == whole.plan
+    assert tracked.objective == pytest.approx(whole.objective, rel=1e-5)
+    assert tracked.objective == pytest.approx(loss(apply_plan(digits_model, tracked.plan)),
+                                              rel=1e-5)

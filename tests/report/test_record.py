@@ -23,7 +23,8 @@ TRIAL_KEYS = {"plan", "plan_override", "predicted_params", "stage", "source", "b
               "worker", "node", "fail_reason", "ray_trial_id", "ray_node_id", "runtime"}
 MEASUREMENT_KEYS = {"params", "bytes", "flops", "accuracy", "test_accuracy", "seconds", "loss",
                     "latency_ms", "finetune_steps", "build_seconds", "finetune_seconds",
-                    "eval_seconds", "admm_steps", "admm_rho", "admm_rho_growth", "orth_reg"}
+                    "eval_seconds", "plan_seconds", "admm_steps", "admm_rho", "admm_rho_growth",
+                    "orth_reg"}
 """The keys studies on disk hold: changing one makes every stored study unreadable."""
 
 BUDGETS = [{"metric": "params", "requested": "0.5", "limit": 500, "fraction": 0.5},

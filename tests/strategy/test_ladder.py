@@ -101,8 +101,13 @@ def test_the_ladder_search_runs_heuristics_at_every_rung_and_promotes_during_the
     def on_trial(study: optuna.Study) -> None:
         promoted_at.append(sum(row.promoted is not None for row in trial_rows(study)))
 
+    allocations = []
+    allocate = runner.ladder.plan
+    runner.ladder.plan = lambda params: allocations.append(1) or allocate(params)  # type: ignore[method-assign]
     run_search(study, runner, options.search, tmp_path, on_trial)
     trials = study.trials
+    # A promotion rebuilds the plan its trial recorded: the allocator ran once per trial.
+    assert len(allocations) == len(trials)
     sources = [t.user_attrs.get("source") for t in trials]
     warm = 3 * len(rungs)
     assert warm < 15
