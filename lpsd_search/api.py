@@ -155,6 +155,7 @@ def search(model: Model = SearchOptions.model, data: Data = SearchOptions.data, 
            promote_steps: int | None = None,
            promote_margin: float = SearchConfig.promote_margin,
            promote_top: int = SearchConfig.promote_top,
+           min_accuracy: float | None = None,
            storage: str | None = None,
            study: str = SearchConfig.study_name,
            train_epochs: float = BaselineConfig.epochs,
@@ -211,6 +212,8 @@ def search(model: Model = SearchOptions.model, data: Data = SearchOptions.data, 
             disables promotion).
         promote_margin: promote trials within this validation accuracy of the front.
         promote_top: ``ladder`` strategy: promote the best this many trials of each rung.
+        min_accuracy: validation accuracy a point needs to be a report's best at a level
+            (None: half the baseline's).
         storage: Optuna storage URL (None: ``OUT/study.db``).
         study: study name in the storage.
         train_epochs: epochs of the baseline trained when no checkpoint is given.

@@ -222,6 +222,9 @@ class SearchConfig:
             accuracy after the short fine-tune) are promoted, as soon as the rung's heuristics
             are measured and whenever a new trial enters them.
         save_models: keep the fine-tuned weights of front trials under ``OUT/models``.
+        min_accuracy: the validation accuracy a point needs to be shown as the best at a
+            compression level in reports (None: half the baseline's); a reporting setting,
+            not part of the study's identity (a continued search may change it).
         base_margin: local trials refine front trials within this much of the front's best
             first objective (validation accuracy).
     """
@@ -240,6 +243,7 @@ class SearchConfig:
     promote_top: int = 2
     save_models: bool = True
     base_margin: float = 0.02
+    min_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         # A study that should hold no trial would run nothing and report an empty front.
@@ -266,6 +270,8 @@ class SearchConfig:
         _real("--promote-margin", self.promote_margin, 0, 1)
         _real("base margin", self.base_margin, 0, 1)
         _count("--promote-top", self.promote_top, 1)
+        if self.min_accuracy is not None:
+            _real("--min-accuracy", self.min_accuracy, 0, 1)
 
 
 @dataclass(frozen=True, kw_only=True)

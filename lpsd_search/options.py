@@ -54,6 +54,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "promote_steps": ("search.promote_steps",),
     "promote_margin": ("search.promote_margin",),
     "promote_top": ("search.promote_top",),
+    "min_accuracy": ("search.min_accuracy",),
     "storage": ("search.storage",),
     "study": ("search.study_name",),
     "train_epochs": ("baseline.epochs",),

@@ -129,7 +129,8 @@ def _report(args: argparse.Namespace) -> None:
     from lpsd_search.report.summary import print_summary
     from lpsd_search.strategy.study import report_from_storage
 
-    out, _ = report_from_storage(args.dir, args.storage, args.study, args.out)
+    out, _ = report_from_storage(args.dir, args.storage, args.study, args.out,
+                                 args.min_accuracy)
     print_summary(out)
     written = [out / "pareto.json", out / "trials.csv", *_render(out)]
     print("results: " + ", ".join(str(path) for path in written))

@@ -237,6 +237,9 @@ def _add_search(parser: argparse.ArgumentParser, *, demo: bool) -> None:
         help="global-local/flat: promote trials within this validation accuracy of the front")
     add("--promote-top", type=_positive_int,
         help="ladder: promote the best this many trials of each size rung")
+    add("--min-accuracy", type=_share,
+        help="validation accuracy (0-1) a point needs to be shown as the best at a "
+             "compression level (default: half the baseline's)")
     add("--out", type=Path, help="results folder")
     add("--workers", type=_count,
         help="trials run at once, one process each, on the same device and study (several "
@@ -321,6 +324,10 @@ def build_parser() -> CommandParser:
     report.add_argument("--storage", default=None, help="storage URL (instead of DIR/study.db)")
     report.add_argument("--study", default=None, help="study name (default: the only one)")
     report.add_argument("--out", type=Path, default=None, help="where to write (default DIR)")
+    report.add_argument("--min-accuracy", type=_share, default=None,
+                        help="validation accuracy (0-1) a point needs to be shown as the best "
+                             "at a compression level; kept for later reports (default: the "
+                             "search's, else half the baseline's)")
 
     export = command("export", "write a front trial (or compress's model) as a model file "
                                "(.pt) and a torch.export program (.pt2), both taking raw "

@@ -80,6 +80,8 @@ class ReportData:
     points: list[dict[str, Any]]
     layers: list[str]
     trials: list[TrialRecord]
+    min_accuracy: float | None = None
+    """The user's usefulness floor (``--min-accuracy``); None: half the baseline's."""
 
     @property
     def completed(self) -> list[TrialRecord]:
@@ -94,6 +96,13 @@ def _number(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _fraction(value: Any) -> float | None:
+    """A stored accuracy in [0, 1], or None (absent, or not one)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0.0 <= value <= 1.0 else None
 
 
 def _flag(text: str | None) -> bool:
@@ -162,6 +171,7 @@ def load_report(out_dir: Path) -> ReportData:
         objectives=list(document.get("objectives") or []), points=points,
         layers=_layer_order(document),
         trials=read_trials(Path(out_dir) / "trials.csv", baseline["params"]),
+        min_accuracy=_fraction(document.get("min_accuracy")),
     )
 
 
@@ -235,9 +245,12 @@ USEFUL_FRACTION = 0.5
 model useful (a collapsed model sits near chance level): it is never the best at a level."""
 
 
-def usefulness_floor(baseline: dict[str, float]) -> float:
-    """The validation accuracy a point needs to count as the best at a compression level."""
-    return USEFUL_FRACTION * float(baseline["accuracy"])
+def usefulness_floor(data: ReportData) -> tuple[float, str]:
+    """The validation accuracy a point needs to count as the best at a compression level,
+    and where it comes from (for captions)."""
+    if data.min_accuracy is not None:
+        return data.min_accuracy, "--min-accuracy"
+    return USEFUL_FRACTION * float(data.baseline["accuracy"]), "half the baseline's"
 
 
 def best_at_levels(points: Sequence[dict[str, Any]],

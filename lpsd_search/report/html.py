@@ -186,11 +186,11 @@ def _front_table(data: ReportData, out_dir_text: str) -> str:
 
 
 def _levels_table(data: ReportData) -> str:
-    floor = usefulness_floor(data.baseline)
+    floor, source = usefulness_floor(data)
     best = best_at_levels(data.points, floor=floor)
     if not best:
         return (f'<p class="note">No front point reaches 2× compression with at least '
-                f'{floor:.1%} validation accuracy (half the baseline\'s).</p>')
+                f'{floor:.1%} validation accuracy ({escape(source)}).</p>')
     rows = "".join(
         f'<tr data-trial="{int(p["trial"])}"><td>≥ {level:g}×</td><td>{int(p["trial"])}</td>'
         f'<td>{p["compression"]:.1f}×</td><td>{p["accuracy"]:.2%}</td>'
@@ -199,7 +199,7 @@ def _levels_table(data: ReportData) -> str:
     return ("<table><thead><tr><th>compression</th><th>trial</th><th>actual</th>"
             "<th>val acc</th><th>Δ val</th><th>test acc</th></tr></thead>"
             f"<tbody>{rows}</tbody></table><p class=\"legend\">Points below {floor:.1%} "
-            "validation accuracy (half the baseline's) are left out: a collapsed model is "
+            f"validation accuracy ({escape(source)}) are left out: a collapsed model is "
             "never the best at a level.</p>")
 
 

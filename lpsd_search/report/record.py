@@ -35,6 +35,8 @@ BUDGET = "budget"
 OBJECTIVES = "objectives"
 LAYERS = "layers"
 PROMOTED_PREFIX = "promoted:"
+MIN_ACCURACY = "min_accuracy"
+"""The user's usefulness floor for reports (``--min-accuracy``), when one was given."""
 STUDY_KEYS = (CONFIG, BASELINE, BUDGETS, BUDGET, OBJECTIVES, LAYERS)
 """The study header's keys (``promoted:<n>`` keys come on top)."""
 CLAIM_INFIX = ":promotion-claim:"
@@ -172,6 +174,17 @@ def study_config(study: Attributed) -> dict[str, Any] | None:
     """The stored settings, or None when the header was never written."""
     config = study.user_attrs.get(CONFIG)
     return None if config is None else dict(config)
+
+
+def set_min_accuracy(study: Writable, value: float) -> None:
+    """Store the usefulness floor reports use (the last one given wins)."""
+    study.set_user_attr(MIN_ACCURACY, float(value))
+
+
+def study_min_accuracy(study: Attributed) -> float | None:
+    """The usefulness floor given to the search or a report, or None (the default floor)."""
+    value = study.user_attrs.get(MIN_ACCURACY)
+    return None if value is None else float(value)
 
 
 def has_header(study: Attributed) -> bool:

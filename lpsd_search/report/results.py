@@ -37,6 +37,7 @@ from lpsd_search.report.record import (
     study_budgets,
     study_config,
     study_layers,
+    study_min_accuracy,
     study_objectives,
     trial_measures,
     trial_node,
@@ -242,6 +243,7 @@ def pareto_document(study: optuna.Study) -> dict[str, Any]:
         "budgets": budgets,
         "objectives": objectives,
         "layers": study_layers(study),
+        "min_accuracy": study_min_accuracy(study),
         "points": points,
     }
 

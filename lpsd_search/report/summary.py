@@ -59,12 +59,12 @@ def front_table(data: ReportData) -> Table:
 def levels_table(data: ReportData) -> Table | None:
     """The most accurate useful front point at ≥ 2×, 5×, 10×, 20×, 40× (the levels reached),
     or None; points below ``usefulness_floor`` are left out."""
-    floor = usefulness_floor(data.baseline)
+    floor, source = usefulness_floor(data)
     best = best_at_levels(data.points, COMPRESSION_LEVELS, floor)
     if not best:
         return None
     table = Table(title="Best point at each compression level",
-                  caption=f"points under {floor:.1%} val acc (half the baseline's) left out")
+                  caption=f"points under {floor:.1%} val acc ({source}) left out")
     for column in ("compression", "trial", "actual", "params", "val acc", "Δ val", "test acc"):
         table.add_column(column, justify="right")
     for level, point in best:

@@ -37,6 +37,7 @@ from lpsd_search.report.record import (
     name_metrics,
     outcome_attrs,
     plan_override,
+    set_min_accuracy,
     study_config,
     write_study_header,
 )
@@ -227,6 +228,8 @@ class TrialRunner:
                 f"study {name!r} in {url} was made with other settings ({', '.join(changed)} "
                 "differ); valid: the same options, or a new --study / --out"
             )
+        if self.options.search.min_accuracy is not None:  # a report setting: may change
+            set_min_accuracy(study, self.options.search.min_accuracy)
         return study
 
     def save_model(self, number: int, model: nn.Module, attrs: Mapping[str, Any]) -> None:

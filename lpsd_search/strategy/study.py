@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from lpsd_search.errors import UserInputError
-from lpsd_search.report.record import has_header, is_claim_study
+from lpsd_search.report.record import has_header, is_claim_study, set_min_accuracy
 from lpsd_search.report.results import write_results
 from lpsd_search.strategy.storage import default_url, open_storage
 from lpsd_search.trial.preflight import check_output_dir
@@ -42,8 +42,12 @@ def load_study(url: str, name: str | None) -> optuna.Study:
 
 
 def report_from_storage(directory: Path | None, url: str | None, name: str | None,
-                        out: Path | None) -> tuple[Path, dict[str, Any]]:
-    """Write ``pareto.json`` / ``trials.csv`` from storage; returns the folder and document."""
+                        out: Path | None, min_accuracy: float | None = None
+                        ) -> tuple[Path, dict[str, Any]]:
+    """Write ``pareto.json`` / ``trials.csv`` from storage; returns the folder and document.
+
+    A ``min_accuracy`` is stored with the study as its reports' usefulness floor from now on.
+    """
     if url is None:
         if directory is None:
             raise UserInputError("report needs a results folder or --storage; valid: "
@@ -57,6 +61,9 @@ def report_from_storage(directory: Path | None, url: str | None, name: str | Non
     if target is None:
         raise UserInputError("report --storage needs --out DIR (where to write the files)")
     check_output_dir(target)
-    return target, write_results(load_study(url, name), target)
+    study = load_study(url, name)
+    if min_accuracy is not None:
+        set_min_accuracy(study, min_accuracy)
+    return target, write_results(study, target)
 
 

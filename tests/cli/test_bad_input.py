@@ -125,6 +125,8 @@ CASES = [
     ([*SEARCH, "--global-share", "1.5"], "--global-share: '1.5' is too large"),
     ([*SEARCH, "--promote-margin", "-0.1"], "--promote-margin: '-0.1' is negative"),
     ([*SEARCH, "--promote-margin", "2"], "--promote-margin: '2' is too large"),
+    ([*SEARCH, "--min-accuracy", "1.5"], "--min-accuracy: '1.5' is too large"),
+    (["report", "somewhere", "--min-accuracy", "nan"], "--min-accuracy: 'nan'"),
     ([*SEARCH, "--promote-steps", "5"], "--promote-steps 5 is invalid"),
     ([*SEARCH, "--latency-batch", "0"], "--latency-batch: '0' must be > 0"),
     # Options that were accepted and then ignored.

@@ -290,6 +290,21 @@ def test_a_collapsed_point_is_never_the_best_at_a_level(tmp_path):
     assert 'data-trial="2"' in levels and 'data-trial="1"' not in levels.split("</table>")[0]
 
 
+def test_a_users_min_accuracy_is_the_floor_of_the_levels_table(tmp_path):
+    # --min-accuracy 0.75: the 0.7 point (above half the baseline's 0.9) is left out too.
+    points = [_point(1, 50, 0.2), _point(2, 180, 0.7), _point(3, 400, 0.8)]
+    out = _write_results(tmp_path / "run", points, [_row(p) for p in points], min_accuracy=0.75)
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_summary(out, console)
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in text.splitlines() if "≥" in line}
+    assert lines == {"≥ 2×": "3"}
+    assert "points under 75.0% val acc (--min-accuracy) left out" in text
+    page = render_report(out)[1].read_text()
+    assert "Points below 75.0% validation accuracy (--min-accuracy)" in page
+
+
 def test_failed_trials_and_an_empty_front_still_render(tmp_path):
     infeasible = _point(1, 800, 0.6)
     rows = [_failed(0, "CUDA out of memory"), _row(infeasible, feasible=0, pareto=0),

@@ -69,7 +69,7 @@ def test_objectives_preset_sets_the_study_directions(cache_dir, digits_model, tm
 def promoted_run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("promoted")
     document = _search(cache_dir, out, "--budget", "0.4", "--trials", "6", "--promote-steps",
-                       "40", "--warm-starts", "uniform")
+                       "40", "--warm-starts", "uniform", "--min-accuracy", "0.3")
     return out, document
 
 
@@ -123,6 +123,13 @@ def test_report_recreates_the_files_from_storage(promoted_run, tmp_path):
     assert main(["-q", "report", "--storage", f"sqlite:///{copy / 'study.db'}",
                  "--study", "lpsd-search", "--out", str(again)]) == 0
     assert json.loads((again / "pareto.json").read_text()) == document
+    # The search's --min-accuracy is the reports' floor; a report may change it for good.
+    assert document["min_accuracy"] == 0.3
+    assert main(["-q", "report", str(copy), "--min-accuracy", "0.6"]) == 0
+    assert main(["-q", "report", str(copy)]) == 0
+    changed = json.loads((copy / "pareto.json").read_text())
+    assert changed == {**document, "min_accuracy": 0.6}
+    assert "60.0% validation accuracy (--min-accuracy)" in (copy / "report.html").read_text()
 
 
 def test_config_file_options_and_command_line_precedence(cache_dir, tmp_path):
