@@ -8,15 +8,15 @@ from the storage alone:
   readers and ``pareto.json`` still use), ``objectives`` and the searchable ``layers``;
 * one ``promoted:<trial>`` attribute per promoted trial: the measurements of its longer
   fine-tune (the trial's own attributes keep the short one); the claim on a promotion is a
-  marker study of its own, ``<study>:promotion-claim:<trial>.<generation>``, holding its
-  ``claimant`` (``host:pid``) and, once given up, ``released``;
+  marker study of its own (``report.claims``, which spells its keys);
 * per trial: its ``plan`` (and a warm start's exact ``plan_override``), where it came from
   (``stage``, ``source``, ``base_trial``), where it ran (``worker``, ``node``, and on Ray
   ``ray_trial_id`` / ``ray_node_id``), its ``predicted_params``, its measurements (the fields of
   ``trial.evaluate.Measurement``) or its ``fail_reason``.
 
-Only this module spells the keys; the rest of the package reads and writes through it. The keys
-never change, so studies written by earlier versions stay readable.
+Only this module spells the keys (the promotion claims' own: ``report.claims``); the rest of
+the package reads and writes through it. The keys never change, so studies written by earlier
+versions stay readable.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ MIN_ACCURACY = "min_accuracy"
 """The user's usefulness floor for reports (``--min-accuracy``), when one was given."""
 STUDY_KEYS = (CONFIG, BASELINE, BUDGETS, BUDGET, OBJECTIVES, LAYERS)
 """The study header's keys (``promoted:<n>`` keys come on top)."""
-CLAIM_INFIX = ":promotion-claim:"
-CLAIMANT = "claimant"
-RELEASED = "released"
-CLAIM_KEYS = (CLAIMANT, RELEASED)
-"""A promotion claim study's keys (``strategy.promotion``)."""
 
 PLAN = "plan"
 PLAN_OVERRIDE = "plan_override"
@@ -239,35 +234,6 @@ def set_promoted(study: Writable, number: int, measured: Measured | Mapping[str,
     completed trials (a search's compute over time)."""
     study.set_user_attr(f"{PROMOTED_PREFIX}{number}",
                         {**measurement_attrs(measured), PROMOTED_AFTER: after})
-
-
-def claim_study_name(study_name: str, number: int, generation: int) -> str:
-    """The marker study whose creation claims the promotion of trial ``number``."""
-    return f"{study_name}{CLAIM_INFIX}{number}.{generation}"
-
-
-def is_claim_study(name: str) -> bool:
-    """Whether a study of the storage is a promotion claim rather than a search."""
-    return CLAIM_INFIX in name
-
-
-def set_claimant(claim: Writable, worker: str) -> None:
-    claim.set_user_attr(CLAIMANT, worker)
-
-
-def claimant(claim: Attributed) -> str | None:
-    """Who holds the claim (None in the instant between its creation and this write)."""
-    found = claim.user_attrs.get(CLAIMANT)
-    return None if found is None else str(found)
-
-
-def release_claim(claim: Writable) -> None:
-    """Give the claim up: the promotion did not happen and may be claimed again."""
-    claim.set_user_attr(RELEASED, True)
-
-
-def is_released(claim: Attributed) -> bool:
-    return bool(claim.user_attrs.get(RELEASED, False))
 
 
 # -- one trial ------------------------------------------------------------------------------------

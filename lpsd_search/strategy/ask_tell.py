@@ -30,11 +30,11 @@ import optuna
 from optuna.trial import TrialState
 
 from lpsd_search.errors import RunFault, UserInputError
+from lpsd_search.report.claims import release_claim
 from lpsd_search.report.record import (
     has_origin,
     is_promoted,
     rebuild_attrs,
-    release_claim,
     set_fail_reason,
     set_promoted,
     set_trial_origin,

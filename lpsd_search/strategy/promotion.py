@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from lpsd_search.report.record import (
+from lpsd_search.report.claims import (
     claim_study_name,
     claimant,
     is_released,

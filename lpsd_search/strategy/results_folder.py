@@ -20,7 +20,8 @@ import optuna
 from optuna.trial import TrialState
 
 from lpsd_search.errors import UserInputError
-from lpsd_search.report.record import is_claim_study, trial_plan
+from lpsd_search.report.claims import is_claim_study
+from lpsd_search.report.record import trial_plan
 from lpsd_search.report.results import front_numbers
 from lpsd_search.strategy.faults import show_url
 from lpsd_search.strategy.storage import default_url, open_storage

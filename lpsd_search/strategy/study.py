@@ -15,7 +15,8 @@ from typing import Any
 import optuna
 
 from lpsd_search.errors import UserInputError
-from lpsd_search.report.record import has_header, is_claim_study, set_min_accuracy
+from lpsd_search.report.claims import is_claim_study
+from lpsd_search.report.record import has_header, set_min_accuracy
 from lpsd_search.report.results import write_results
 from lpsd_search.strategy.storage import default_url, open_storage
 from lpsd_search.trial.preflight import check_output_dir

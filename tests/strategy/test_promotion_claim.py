@@ -21,12 +21,8 @@ import optuna
 import pytest
 
 from lpsd_search.config import SearchConfig
-from lpsd_search.report.record import (
-    promoted_measures,
-    release_claim,
-    set_claimant,
-    write_study_header,
-)
+from lpsd_search.report.claims import release_claim, set_claimant
+from lpsd_search.report.record import promoted_measures, write_study_header
 from lpsd_search.strategy.ask_tell import SearchController
 from lpsd_search.strategy.promotion import claim_promotion
 from lpsd_search.strategy.runner import TrialOutcome
