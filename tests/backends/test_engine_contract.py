@@ -147,9 +147,13 @@ def test_a_stopped_driver_resumes_without_losing_or_repeating_trials(engine, sto
                                                                      digits_model, cache_dir,
                                                                      tmp_path):
     out = tmp_path / "run"
-    command, env = _command(engine, request, out, cache_dir, "--budget", "0.5", "--trials", "6",
-                            "--strategy", "flat", "--no-warm-start", "--promote-steps", "0",
-                            "--finetune-steps", "60")
+    # 12 trials of well under a second: the poll below reads the study while the driver writes
+    # it, and on a loaded machine may see 2 complete trials only after several more (with 6,
+    # a CI run once saw all of them before the signal).
+    total = 12
+    command, env = _command(engine, request, out, cache_dir, "--budget", "0.5", "--trials",
+                            str(total), "--strategy", "flat", "--no-warm-start",
+                            "--promote-steps", "0", "--finetune-steps", "60")
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=env)
     deadline = time.monotonic() + 300
@@ -159,7 +163,7 @@ def test_a_stopped_driver_resumes_without_losing_or_repeating_trials(engine, sto
     first.send_signal(stop)
     log = first.communicate(timeout=120)[0]
     before = {t.number: t.values for t in _study(out).trials if t.state.name == "COMPLETE"}
-    assert 2 <= len(before) < 6
+    assert 2 <= len(before) < total
     if stop == signal.SIGINT:
         assert first.returncode == 130, log[-3000:]
         # What was running is recorded as interrupted, not left running.
@@ -171,7 +175,7 @@ def test_a_stopped_driver_resumes_without_losing_or_repeating_trials(engine, sto
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     trials = _study(out).trials
     complete = {t.number: t.values for t in trials if t.state.name == "COMPLETE"}
-    assert len(complete) == 6 and all(t.state.name != "RUNNING" for t in trials)
+    assert len(complete) == total and all(t.state.name != "RUNNING" for t in trials)
     assert all(complete[number] == values for number, values in before.items())
 
 
