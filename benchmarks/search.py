@@ -152,6 +152,12 @@ def main() -> None:
     parser.add_argument("--only", default=None,
                         help="run one setting of the tier (results: search_<tier>_<name>.*), "
                              "e.g. to run the settings side by side")
+    parser.add_argument("--samplers", nargs="+", default=None,
+                        help="search variants: the first is `search`, each other "
+                             "`search_<sampler>` (default: the search's default sampler)")
+    parser.add_argument("--no-random", action="store_true",
+                        help="leave out random_3n (an experiment between search variants; "
+                             "the tier's results always include it)")
     parser.add_argument("--merge", type=Path, nargs="*", default=None,
                         help="write search_<tier>.* from these results files (one per setting)")
     args = parser.parse_args()
@@ -166,6 +172,7 @@ def main() -> None:
     threads_note = limit_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tier = TIERS[args.tier]
+    samplers = args.samplers or [SearchConfig().sampler]
     seeds = args.seeds if args.seeds is not None else tier["seeds"]
     document: dict[str, Any] = {"tier": args.tier, "settings": []}
     work = Path(tempfile.mkdtemp(prefix="lpsd-search-bench-"))
@@ -177,30 +184,35 @@ def main() -> None:
             "name": name, "model": model, "data": data, "seeds": seeds,
             "budget": tier["budget"], "trials": tier["trials"],
             "short_steps": tier["short"], "final_steps": tier["final"],
-            "accuracy": {}, "hypervolume": {"search": [], "random_3n": []},
-            "finetune_steps": {}, "wall_seconds": {"search": [], "random_3n": []}})
+            "samplers": samplers, "accuracy": {}, "hypervolume": {}, "finetune_steps": {},
+            "wall_seconds": {}})
     # Seeds outermost: a tier stopped early still has every setting at its first seeds.
     for seed in seeds:
         for setting, (name, model, data, epochs) in zip(document["settings"], settings,
                                                        strict=True):
             options = functools.partial(_options, model, data, epochs, tier, seed, args=args)
-            run_seed(setting, seed, work / f"{name}-{seed}", options, tier)
+            run_seed(setting, seed, work / f"{name}-{seed}", options, tier, samplers,
+                     random=not args.no_random)
             print(f"{name} seed {seed}: done", file=sys.stderr, flush=True)
             save(args, document, threads_note)  # after every seed: a long tier keeps its part
 
 
 def run_seed(setting: dict[str, Any], seed: int, out: Path, options: Any,
-             tier: dict[str, Any]) -> None:
-    """Every procedure of one setting and seed, added to ``setting``."""
+             tier: dict[str, Any], samplers: list[str], *, random: bool = True) -> None:
+    """Every procedure of one setting and seed, added to ``setting``: the heuristics, one
+    search per sampler (the first named ``search``) and random search with 3N trials."""
     found = heuristics(options(out / "h"), tier["final"])
     # The budget's own level (5.0006× for 0.2) is named by its round value.
     levels = [float(f"{rung:.3g}") for rung in found["rungs"]]
     setting["levels"] = levels
-    runs = {
-        "search": run_search(options(out / "s", trials=tier["trials"])),
-        "random_3n": run_search(options(out / "r", trials=3 * tier["trials"],
-                                        sampler="random", warm_starts=())),
-    }
+    runs = {}
+    for index, sampler in enumerate(samplers):
+        key = "search" if index == 0 else f"search_{sampler}"
+        runs[key] = run_search(options(out / f"s-{sampler}", trials=tier["trials"],
+                                       sampler=sampler))
+    if random:
+        runs["random_3n"] = run_search(options(out / "r", trials=3 * tier["trials"],
+                                               sampler="random", warm_starts=()))
     per: dict[str, list[dict[str, float]]] = {**found["points"]}
     per.update({k: v["points"] for k, v in runs.items()})
     for procedure, points in per.items():
@@ -211,11 +223,11 @@ def run_seed(setting: dict[str, Any], seed: int, out: Path, options: Any,
     for procedure, count in steps.items():
         setting["finetune_steps"].setdefault(procedure, []).append(count)
     for key, run in runs.items():
-        setting["hypervolume"][key].append(log_size_hypervolume(
+        setting["hypervolume"].setdefault(key, []).append(log_size_hypervolume(
             [p["accuracy"] for p in run["points"]],
             [p["params"] for p in run["points"]], found["budget_params"]))
         setting.setdefault("curves", {}).setdefault(key, []).append(run["curve"])
-        setting["wall_seconds"][key].append(run["wall"])
+        setting["wall_seconds"].setdefault(key, []).append(run["wall"])
     setting["seeds_done"] = [*setting.get("seeds_done", []), seed]
 
 
@@ -279,37 +291,41 @@ def save(args: argparse.Namespace, document: dict[str, Any], threads_note: str) 
                          for proc, table in setting["accuracy"].items()
                          if proc in HEURISTICS and any(v is not None for v in table[lv])),
                         default=None) for lv in levels}
-        search_row = setting["accuracy"]["search"]
-        verdicts = []
-        for lv in levels:
-            present = [v for v in search_row[lv] if v is not None]
-            if not present or best[lv] is None:
-                verdicts.append(f"≥ {lv}×: no value")
-                continue
-            delta = 100 * (statistics.mean(present) - best[lv])
-            verdicts.append(f"≥ {lv}×: {delta:+.2f}")
-        lines += ["", "Search minus the best heuristic's mean (points): " + ", ".join(verdicts),
-                  "", "| hypervolume (log size, reference at the budget) | mean ± std |",
+        searches = [key for key in setting["accuracy"] if key.startswith("search")]
+        for key in searches:
+            verdicts = []
+            for lv in levels:
+                present = [v for v in setting["accuracy"][key][lv] if v is not None]
+                if not present or best[lv] is None:
+                    verdicts.append(f"≥ {lv}×: no value")
+                    continue
+                delta = 100 * (statistics.mean(present) - best[lv])
+                verdicts.append(f"≥ {lv}×: {delta:+.2f}")
+            lines += ["", f"{key} minus the best heuristic's mean (points): "
+                      + ", ".join(verdicts)]
+        lines += ["", "| hypervolume (log size, reference at the budget) | mean ± std |",
                   "|---|---|"]
         for key, values in setting["hypervolume"].items():
             lines.append(f"| {key} | {statistics.mean(values):.4f}"
                          + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
                          + " |")
         curves = setting.get("curves", {})
-        if curves.get("search") and curves.get("random_3n"):
+        if curves.get("random_3n"):
             lines += ["", "Hypervolume against fine-tune steps: random search with 3N trials "
-                      "at the steps the search spent, and at its own end (mean over seeds; "
+                      "at the steps each search spent, and at its own end (mean over seeds; "
                       "plot: `" + f"{_stem(args)}.png`):", "",
-                      "| | search after N trials | random_3n at the search's steps "
-                      "| random_3n after 3N trials |", "|---|---|---|---|"]
-            spent = [c[-1][0] for c in curves["search"]]
-            equal = [at_steps(c, s) for c, s in zip(curves["random_3n"], spent, strict=True)]
-            lines.append(f"| hypervolume | {statistics.mean(setting['hypervolume']['search']):.4f}"
-                         f" | {statistics.mean(equal):.4f} | "
-                         f"{statistics.mean(setting['hypervolume']['random_3n']):.4f} |")
-            lines.append(f"| fine-tune steps | {statistics.mean(spent):,.0f} | "
-                         f"{statistics.mean(spent):,.0f} | "
-                         f"{statistics.mean(c[-1][0] for c in curves['random_3n']):,.0f} |")
+                      "| search | after N trials | random_3n at its steps "
+                      "| random_3n after 3N trials | its steps | random_3n's steps |",
+                      "|---|---|---|---|---|---|"]
+            random_end = statistics.mean(setting["hypervolume"]["random_3n"])
+            random_steps = statistics.mean(c[-1][0] for c in curves["random_3n"])
+            for key in searches:
+                spent = [c[-1][0] for c in curves[key]]
+                equal = [at_steps(c, s) for c, s in zip(curves["random_3n"], spent,
+                                                         strict=True)]
+                lines.append(f"| {key} | {statistics.mean(setting['hypervolume'][key]):.4f} | "
+                             f"{statistics.mean(equal):.4f} | {random_end:.4f} | "
+                             f"{statistics.mean(spent):,.0f} | {random_steps:,.0f} |")
     stem = _stem(args)
     plot(document, RESULTS / f"{stem}.png")
     write_results(RESULTS / f"{stem}.md", lines)
@@ -346,7 +362,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
             for level in levels:
                 present = [v for v in table[f"{level:g}"] if v is not None]
                 means.append(100 * statistics.mean(present) if present else float("nan"))
-            style = "-o" if procedure in ("search", "random_3n") else "--."
+            style = "--." if procedure in HEURISTICS else "-o"
             row[0].plot(levels, means, style, label=procedure)
         row[0].set(xscale="log", xlabel="compression level (x)", ylabel="test accuracy (%)",
                    title=f"{setting['name']}: accuracy at each level")
@@ -355,7 +371,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
         for key, curves in setting.get("curves", {}).items():
             for index, curve in enumerate(curves):
                 row[1].plot([c[0] for c in curve], [c[1] for c in curve],
-                            color="C0" if key == "search" else "C1", alpha=0.8,
+                            color=f"C{list(setting['curves']).index(key)}", alpha=0.8,
                             drawstyle="steps-post",
                             label=key if index == 0 else None)
         row[1].set(xlabel="fine-tune steps spent", ylabel="log-size hypervolume",

@@ -186,7 +186,7 @@ class CompressConfig:
 
 
 STRATEGIES = ("ladder", "global-local", "flat")
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "random", "rung-gp", "rung-tpe")
 WARM_STARTS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
 """The heuristics a search can run first (``strategy.warm_starts`` builds their plans)."""
 
@@ -206,7 +206,7 @@ class SearchConfig:
         storage: Optuna storage URL, or None for ``<out>/study.db``.
         study_name: name of the study inside the storage.
         warm_starts: heuristics enqueued as the first trials (``warm_starts.WARM_STARTS``).
-        sampler: ``tpe``, ``nsga2`` or ``random``.
+        sampler: ``tpe``, ``nsga2``, ``random``, ladder only ``rung-gp``/``rung-tpe``.
         strategy: ``ladder`` (each trial a size rung and an allocation policy, the heuristics
             at every rung first, the best of each rung promoted during the run),
             ``global-local`` or ``flat`` (every per-layer parameter sampled in every trial).
@@ -262,6 +262,9 @@ class SearchConfig:
         if self.sampler not in SAMPLERS:
             raise UserInputError(f"unknown sampler {self.sampler!r}; valid: "
                                  f"{', '.join(SAMPLERS)}")
+        if self.sampler.startswith("rung-") and self.strategy != "ladder":
+            raise UserInputError(f"--sampler {self.sampler} needs --strategy ladder; valid "
+                                 f"with {self.strategy}: tpe, nsga2, random")
         _real("--global-share", self.global_share, 0, 1)
         _real("local share", self.local_share, 0, 1, open_low=True)
         if self.promote_steps is not None:  # None: automatic

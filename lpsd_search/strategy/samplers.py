@@ -1,4 +1,5 @@
-"""Samplers of a search: TPE, NSGA-II or random, wrapped so that a stage can fix parameters.
+"""Samplers of a search: TPE, NSGA-II, random or per-rung, wrapped so that a stage can fix
+parameters.
 
 Global → local search needs two things Optuna's samplers do not offer together: the global stage
 samples only the global knobs (local ones held at their neutral values), and the local stage
@@ -21,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lpsd_search.config import SAMPLERS
 from lpsd_search.errors import UserInputError
+from lpsd_search.strategy.rung_sampler import RungSampler
 
 
 class FixingSampler(BaseSampler):
@@ -65,7 +67,9 @@ def make_sampler(name: str, seed: int, population: int = 10,
     """A fixing wrapper around the named sampler.
 
     Args:
-        name: ``tpe`` (multivariate, constraint-aware), ``nsga2`` or ``random``.
+        name: ``tpe`` (multivariate, constraint-aware), ``nsga2``, ``random``, or ``rung-gp`` /
+            ``rung-tpe`` (ladder strategy: each rung a single-objective search,
+            ``rung_sampler.RungSampler``).
         seed: sampler seed.
         population: NSGA-II population size (small: a search here is tens of trials).
         startup_trials: TPE's random trials before it models the history.
@@ -78,6 +82,8 @@ def make_sampler(name: str, seed: int, population: int = 10,
         base = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     elif name == "random":
         base = optuna.samplers.RandomSampler(seed=seed)
+    elif name.startswith("rung-") and name in SAMPLERS:
+        base = RungSampler(name.removeprefix("rung-"), seed)
     else:
         raise UserInputError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
     return FixingSampler(base)

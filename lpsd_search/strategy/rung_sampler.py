@@ -1,0 +1,136 @@
+"""Per-rung sampling for the ladder strategy: each size rung is its own single-objective search.
+
+A ladder trial is a (size rung, policy) pair whose plan is repaired to exactly the rung's size,
+so at one rung only the quality objective varies. A multi-objective sampler over (rung, policy)
+learns from every rung's trials at once: its "good" set is the front, which mixes the policies
+that win at the budget with those that win far below it, and the far rungs (where the
+heuristics are weakest) get few trials shaped by the wrong ones. ``RungSampler`` instead
+
+1. picks the rung itself: the one with the fewest trials so far (completed and running), the
+   most compressed first on ties;
+2. samples the policy with a single-objective sampler (Gaussian process or TPE) fitted only to
+   that rung's completed, feasible trials, maximising the first objective (the quality one):
+   the heuristics enqueued at every rung are the first points of each rung's model.
+
+The inner study lives in memory and is rebuilt for every trial from the shared storage, so
+several workers (or the Ray driver) need nothing beyond the study itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from lpsd_search.strategy.policies import RUNG
+
+INNER = ("gp", "tpe")
+"""Single-objective samplers a rung's policy can come from."""
+
+GP_STARTUP = 4
+"""Random policies at a rung before its Gaussian process models it (the heuristics count)."""
+
+_CONSTRAINTS = "constraints"
+"""System attribute where Optuna keeps ``trial.set_constraint`` values (excess > 0: infeasible)."""
+
+
+class RungSampler(BaseSampler):
+    """Chooses the rung of each trial and samples its policy from that rung's trials alone.
+
+    Args:
+        inner: ``gp`` (Optuna's ``GPSampler``) or ``tpe`` (univariate-free, multivariate TPE).
+        seed: seed of the rung choice's fallback and of every inner sampler (combined with the
+            trial number, so a resumed search draws what an uninterrupted one would).
+    """
+
+    def __init__(self, inner: str, seed: int) -> None:
+        if inner not in INNER:
+            raise ValueError(f"unknown inner sampler {inner!r}; valid: {', '.join(INNER)}")
+        self.inner = inner
+        self.seed = seed
+        self._random = optuna.samplers.RandomSampler(seed=seed)
+
+    def infer_relative_search_space(self, study: Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        if "fixed_params" in trial.system_attrs:  # an enqueued warm start: nothing to sample
+            return {}
+        space = IntersectionSearchSpace().calculate(study)
+        return space if isinstance(space.get(RUNG), CategoricalDistribution) else {}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        rungs = search_space[RUNG]
+        assert isinstance(rungs, CategoricalDistribution)
+        rung = next_rung(study, trial.number, rungs.choices)
+        policy_space = {k: v for k, v in search_space.items() if k != RUNG}
+        history = _rung_history(study, rung, policy_space)
+        return {RUNG: rung, **self._sample_policy(history, policy_space, trial.number,
+                                                   study.directions[0])}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        # No history yet (or a parameter outside the joint space): uniform.
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def reseed_rng(self) -> None:
+        self._random.reseed_rng()
+
+    def _sample_policy(self, history: list[FrozenTrial], space: dict[str, BaseDistribution],
+                       number: int, direction: StudyDirection) -> dict[str, Any]:
+        seed = (self.seed * 1_000_003 + number) % 2**31
+        inner: BaseSampler
+        with warnings.catch_warnings():
+            # GPSampler is stable in Optuna 5 but warns when a categorical it cannot model
+            # falls back to independent sampling; both are expected here.
+            warnings.simplefilter("ignore")
+            if self.inner == "gp":
+                inner = optuna.samplers.GPSampler(seed=seed, n_startup_trials=GP_STARTUP,
+                                                  deterministic_objective=False,
+                                                  warn_independent_sampling=False)
+            else:
+                inner = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                                   n_startup_trials=GP_STARTUP,
+                                                   warn_independent_sampling=False)
+            rung_study = optuna.create_study(direction=direction, sampler=inner)
+            rung_study.add_trials(history)
+            return dict(rung_study.ask(fixed_distributions=space).params)
+
+
+def next_rung(study: Study, number: int, rungs: Sequence[Any]) -> Any:
+    """The rung with the fewest trials (completed or running, trial ``number`` left out); ties
+    go to the most compressed rung (the rungs run from the budget down)."""
+    counts = {rung: 0 for rung in rungs}
+    for other in study.get_trials(deepcopy=False,
+                                  states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        rung = other.params.get(RUNG)
+        if other.number != number and rung in counts:
+            counts[rung] += 1
+    order = list(rungs)
+    return min(reversed(order), key=lambda rung: counts[rung])
+
+
+def _rung_history(study: Study, rung: Any,
+                  space: dict[str, BaseDistribution]) -> list[FrozenTrial]:
+    """The completed, feasible trials at ``rung``, as single-objective trials over ``space``
+    (value: the first objective)."""
+    found = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.params.get(RUNG) != rung or trial.values is None:
+            continue
+        if any(excess > 0 for excess in trial.system_attrs.get(_CONSTRAINTS, ())):
+            continue
+        if not all(name in trial.params for name in space):
+            continue
+        params = {name: trial.params[name] for name in space}
+        found.append(optuna.trial.create_trial(
+            params=params, distributions=dict(space), value=trial.values[0]))
+    return found
