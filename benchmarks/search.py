@@ -8,8 +8,8 @@ points fine-tuned for the same final length (``--final-steps``):
   level (``LadderPlanner`` with the heuristic's policy, exactly what the search enqueues),
   fine-tuned ``--final-steps`` steps;
 * ``search``: ``lpsd-search search`` with its defaults (ladder strategy, heuristics at every
-  rung first, TPE, the best two of each rung promoted during the run) for ``--trials`` N trials
-  of ``--short-steps`` steps, promoted trials ``--final-steps``;
+  rung first, per-rung TPE, the best two of each rung promoted during the run) for ``--trials``
+  N trials of ``--short-steps`` steps, promoted trials ``--final-steps``;
 * ``random_3n``: the same search with a random sampler and no warm starts for 3N trials.
 
 Accuracy at a level = the test accuracy of the point with the best validation accuracy among

@@ -186,7 +186,7 @@ class CompressConfig:
 
 
 STRATEGIES = ("ladder", "global-local", "flat")
-SAMPLERS = ("tpe", "nsga2", "random", "rung-gp", "rung-tpe")
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "rung-gp", "rung-tpe")
 WARM_STARTS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
 """The heuristics a search can run first (``strategy.warm_starts`` builds their plans)."""
 
@@ -206,7 +206,7 @@ class SearchConfig:
         storage: Optuna storage URL, or None for ``<out>/study.db``.
         study_name: name of the study inside the storage.
         warm_starts: heuristics enqueued as the first trials (``warm_starts.WARM_STARTS``).
-        sampler: ``tpe``, ``nsga2``, ``random``, ladder only ``rung-gp``/``rung-tpe``.
+        sampler: ``auto`` (ladder: ``rung-tpe``, else ``tpe``), ``tpe``, ``nsga2``, ``random``.
         strategy: ``ladder`` (each trial a size rung and an allocation policy, the heuristics
             at every rung first, the best of each rung promoted during the run),
             ``global-local`` or ``flat`` (every per-layer parameter sampled in every trial).
@@ -234,7 +234,7 @@ class SearchConfig:
     storage: str | None = None
     study_name: str = "lpsd-search"
     warm_starts: tuple[str, ...] = WARM_STARTS
-    sampler: str = "tpe"
+    sampler: str = "auto"
     strategy: str = "ladder"
     global_share: float = 0.4
     local_share: float = 0.3

@@ -193,7 +193,7 @@ def test_config_values_become_defaults_and_the_command_line_wins(tmp_path):
                                          " valid keys: model, data, seed"),
     ("trials = -3\n", "trials = -3: '-3' must be > 0"),
     ("trials = 2.5\n", "is not a whole number"),
-    ('sampler = "cmaes"\n', "invalid choice; valid: tpe, nsga2, random"),
+    ('sampler = "cmaes"\n', "invalid choice; valid: auto, tpe, nsga2, random, rung-gp, rung-tpe"),
     ('no-warm-start = "yes"\n', "valid: true or false"),
     ("trials = [1, 2]\n", "valid: a string or a number"),
     ("config = 'other.toml'\n", "'config' is not an option"),

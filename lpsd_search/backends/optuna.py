@@ -59,7 +59,7 @@ def search(options: SearchOptions,
     if worker or (options.search.storage and not options.search.storage.startswith("sqlite")):
         # Workers sharing a storage must not draw the same samples: one seed each.
         seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_003
-    sampler = make_sampler(options.search.sampler, seed)
+    sampler = make_sampler(options.search.sampler, seed, strategy=options.search.strategy)
     runner = TrialRunner.from_options(options)
     study = runner.open_study(sampler)
     logger.info("baseline %d params, validation %.4f; budgets %s; %d searchable layers",

@@ -63,17 +63,23 @@ class FixingSampler(BaseSampler):
 
 
 def make_sampler(name: str, seed: int, population: int = 10,
-                 startup_trials: int = 8) -> FixingSampler:
+                 startup_trials: int = 8, *, strategy: str = "ladder") -> FixingSampler:
     """A fixing wrapper around the named sampler.
 
     Args:
-        name: ``tpe`` (multivariate, constraint-aware), ``nsga2``, ``random``, or ``rung-gp`` /
+        name: ``auto`` (``rung-tpe`` for the ladder strategy, else ``tpe``), ``tpe``
+            (multivariate, constraint-aware), ``nsga2``, ``random``, or ``rung-gp`` /
             ``rung-tpe`` (ladder strategy: each rung a single-objective search,
             ``rung_sampler.RungSampler``).
         seed: sampler seed.
         population: NSGA-II population size (small: a search here is tens of trials).
         startup_trials: TPE's random trials before it models the history.
+        strategy: the search's strategy (what ``auto`` resolves against).
     """
+    if name == "auto":
+        # benchmarks/results/search_samplers_cpu.md: per-rung sampling beat one TPE over all
+        # rungs where the sampler mattered (ResNet-20), TPE per rung at least matched the GP.
+        name = "rung-tpe" if strategy == "ladder" else "tpe"
     base: BaseSampler
     if name == "tpe":
         base = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=False,

@@ -93,11 +93,16 @@ def test_infeasible_and_other_rungs_trials_are_left_out_of_a_rungs_model():
     assert [(t.params, t.value) for t in history] == [({"policy:share": 0.2}, 0.2)]
 
 
-def test_a_per_rung_sampler_needs_the_ladder_strategy():
+def test_a_per_rung_sampler_needs_the_ladder_strategy_and_is_the_ladders_default():
     with pytest.raises(UserInputError,
                        match="--sampler rung-gp needs --strategy ladder; valid with flat"):
         SearchConfig(sampler="rung-gp", strategy="flat")
     assert isinstance(make_sampler("rung-tpe", 0).base, RungSampler)
+    # The default: per-rung TPE for a ladder search, one TPE for the others.
+    auto = make_sampler(SearchConfig().sampler, 0).base
+    assert isinstance(auto, RungSampler) and auto.inner == "tpe"
+    assert isinstance(make_sampler("auto", 0, strategy="flat").base, optuna.samplers.TPESampler)
+    SearchConfig(strategy="flat")  # the default sampler suits every strategy
 
 
 def test_a_ladder_search_with_the_per_rung_sampler_balances_its_rungs(digits, digits_model,

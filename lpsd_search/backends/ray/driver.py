@@ -125,7 +125,8 @@ def run_ray_search(options: SearchOptions, config: RayConfig,
     from lpsd_search.strategy.runner import TrialRunner
     from lpsd_search.strategy.samplers import make_sampler
 
-    sampler = make_sampler(options.search.sampler, options.search.seed)
+    sampler = make_sampler(options.search.sampler, options.search.seed,
+                           strategy=options.search.strategy)
     runner = TrialRunner.from_options(options)
     study = runner.open_study(sampler)  # refuses an --out holding another study's results
     key = search_key(options, runner.storage_url())
