@@ -18,7 +18,6 @@ several workers (or the Ray driver) need nothing beyond the study itself.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +33,9 @@ from lpsd_search.strategy.policies import RUNG
 INNER = ("gp", "tpe")
 """Single-objective samplers a rung's policy can come from."""
 
-GP_STARTUP = 4
-"""Random policies at a rung before its Gaussian process models it (the heuristics count)."""
+STARTUP = 4
+"""Random policies at a rung before its TPE or Gaussian process models it (the heuristics
+count)."""
 
 _CONSTRAINTS = "constraints"
 """System attribute where Optuna keeps ``trial.set_constraint`` values (excess > 0: infeasible)."""
@@ -45,7 +45,7 @@ class RungSampler(BaseSampler):
     """Chooses the rung of each trial and samples its policy from that rung's trials alone.
 
     Args:
-        inner: ``gp`` (Optuna's ``GPSampler``) or ``tpe`` (univariate-free, multivariate TPE).
+        inner: ``gp`` (Optuna's ``GPSampler``) or ``tpe`` (multivariate TPE).
         seed: seed of the rung choice's fallback and of every inner sampler (combined with the
             trial number, so a resumed search draws what an uninterrupted one would).
     """
@@ -88,21 +88,15 @@ class RungSampler(BaseSampler):
                        number: int, direction: StudyDirection) -> dict[str, Any]:
         seed = (self.seed * 1_000_003 + number) % 2**31
         inner: BaseSampler
-        with warnings.catch_warnings():
-            # GPSampler is stable in Optuna 5 but warns when a categorical it cannot model
-            # falls back to independent sampling; both are expected here.
-            warnings.simplefilter("ignore")
-            if self.inner == "gp":
-                inner = optuna.samplers.GPSampler(seed=seed, n_startup_trials=GP_STARTUP,
-                                                  deterministic_objective=False,
-                                                  warn_independent_sampling=False)
-            else:
-                inner = optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                                   n_startup_trials=GP_STARTUP,
-                                                   warn_independent_sampling=False)
-            rung_study = optuna.create_study(direction=direction, sampler=inner)
-            rung_study.add_trials(history)
-            return dict(rung_study.ask(fixed_distributions=space).params)
+        if self.inner == "gp":
+            inner = optuna.samplers.GPSampler(seed=seed, n_startup_trials=STARTUP,
+                                              warn_independent_sampling=False)
+        else:
+            inner = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                               n_startup_trials=STARTUP)
+        rung_study = optuna.create_study(direction=direction, sampler=inner)
+        rung_study.add_trials(history)
+        return dict(rung_study.ask(fixed_distributions=space).params)
 
 
 def next_rung(study: Study, number: int, rungs: Sequence[Any]) -> Any:
