@@ -26,6 +26,7 @@ import lpsd_search
 from lpsd_search.cli.main import main
 from lpsd_search.plan.measure import measure
 from lpsd_search.report.pareto import log_size_hypervolume
+from lpsd_search.strategy.storage import open_storage
 
 FAST = ["--model", "digits-cnn", "--data", "digits", "--train-epochs", "8", "--seed", "0",
         "--finetune-steps", "20", "--device", "cpu", "--threads", "1", "--no-report"]
@@ -62,7 +63,10 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 
 def _study(out: Path) -> optuna.Study:
-    return optuna.load_study(study_name="lpsd-search", storage=f"sqlite:///{out / 'study.db'}")
+    # Through the package's storage opener: a poll that opens the database while the driver
+    # creates its schema loses that race (a unique-constraint error), and the opener retries it.
+    return optuna.load_study(study_name="lpsd-search",
+                             storage=open_storage(f"sqlite:///{out / 'study.db'}"))
 
 
 def _hypervolume(out: Path) -> float:
