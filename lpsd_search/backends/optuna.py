@@ -119,13 +119,18 @@ def run_search(study: optuna.Study, runner: TrialRunner, config: SearchConfig,
         controller = SearchController(study, runner, config, out_dir, sampler,
                                       on_trial=on_trial)
         controller.start()
-        while not controller.done:
-            job = controller.ask()
-            if job is None:  # another worker's trial or a surplus ask: look again shortly
-                if not controller.done:
-                    time.sleep(1.0)
-                continue
-            _execute(controller, runner, job)
+        try:
+            while not controller.done:
+                job = controller.ask()
+                if job is None:  # another worker's trial or a surplus ask: look again shortly
+                    if not controller.done:
+                        time.sleep(1.0)
+                    continue
+                _execute(controller, runner, job)
+        except KeyboardInterrupt:
+            # Anywhere in the loop, not only in a job: an asked trial must not stay RUNNING.
+            controller.abandon()
+            raise
         with writing(out_dir):
             write_results(study, out_dir)
 
@@ -137,9 +142,6 @@ def _execute(controller: SearchController, runner: TrialRunner, job: Job) -> Non
             outcome = runner.run(job.params, job.attrs, job.steps, test=job.test)
             if controller.wants_test(job, outcome):
                 runner.measure_test(outcome)
-    except KeyboardInterrupt:
-        controller.interrupted(job)
-        raise
     except Exception as error:  # recorded with its reason; the search goes on
         controller.tell(job, error)
         return

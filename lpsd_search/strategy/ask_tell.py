@@ -39,6 +39,7 @@ from lpsd_search.report.record import (
     set_promoted,
     set_trial_origin,
     set_worker,
+    trial_worker,
     write_attrs,
 )
 from lpsd_search.report.results import write_results
@@ -273,6 +274,28 @@ class SearchController:
             self._tell_promotion(job, result, save)
         else:
             self._tell_trial(job, result, save)
+
+    def abandon(self) -> None:
+        """Record that this controller stops on Ctrl-C: every trial it asked and has not told
+        fails as interrupted, its promotion claims are released, and the results are written.
+
+        The signal can land anywhere in the loop, not only in a job: between asking a trial and
+        handing it out, or while a finished one is told. So the trials to fail are those the
+        study holds RUNNING under this process's name, not only the jobs handed out.
+        """
+        for claim in self._claims.values():
+            release_claim(claim)
+        self._claims.clear()
+        self._trials.clear()
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial_worker(frozen) == self.worker:
+                trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id,
+                                                                                 frozen.number)
+                trial = optuna.Trial(self.study, trial_id)
+                set_fail_reason(trial, "interrupted")
+                self.study.tell(trial, state=TrialState.FAIL)
+        write_results(self.study, self.out_dir)
 
     def interrupted(self, job: Job) -> None:
         """Record a job stopped by Ctrl-C (its trial fails with that reason, results written)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pytest
 
 from lpsd_search.backends.optuna import run_search
 from lpsd_search.config import SearchConfig, SearchOptions, TrainConfig
@@ -74,6 +75,49 @@ def test_a_failed_trial_is_recorded_and_does_not_count(digits, digits_model, tmp
     assert rows[1]["state"] == "FAIL"
     assert rows[1]["fail_reason"] == "TrainingDiverged: loss became nan at step 3"
     assert all(row["fail_reason"] == "" for i, row in enumerate(rows) if i != 1)
+
+
+@pytest.mark.parametrize("where", ["in a job", "between ask and job"])
+def test_ctrl_c_anywhere_in_the_loop_leaves_no_trial_running(where, digits, digits_model,
+                                                              tmp_path, monkeypatch):
+    runner, options = _runner(digits, digits_model, tmp_path, trials=4, warm_starts=())
+    calls = {"n": 0}
+    if where == "in a job":
+        real = evaluate.train
+
+        def interrupt(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(evaluate, "train", interrupt)
+    else:  # the trial is asked and named, its parameters not yet drawn (a CI failure's window)
+        real_suggest = runner.suggest
+
+        def interrupt_suggest(trial):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return real_suggest(trial)
+
+        monkeypatch.setattr(runner, "suggest", interrupt_suggest)
+    study = runner.open_study(make_sampler("tpe", 0))
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(study, runner, options.search, tmp_path)
+
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted"
+    with (tmp_path / "trials.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["state"] for row in rows] == ["COMPLETE", "FAIL"]
+    # The run resumes from its storage: the finished trial stays, the interrupted one is redone.
+    monkeypatch.undo()
+    run_search(study, runner, options.search, tmp_path)
+    assert completed_count(study) == 4
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
 
 
 def test_global_stage_then_local_refinements_of_front_trials(digits, digits_model, tmp_path,
