@@ -66,6 +66,7 @@ from lpsd_search.strategy.promotion import (
     warm_starts_done,
 )
 from lpsd_search.strategy.results_folder import prune_front_models
+from lpsd_search.strategy.skips import skip_reason
 from lpsd_search.strategy.storage import fail_stale
 from lpsd_search.strategy.warm_starts import enqueue_warm_starts
 from lpsd_search.trial.evaluate import Measurement
@@ -213,6 +214,12 @@ class SearchController:
             set_fail_reason(trial, "surplus: the study already had its trials")
             self.study.tell(trial, state=TrialState.FAIL)
             return None
+        reason = skip_reason(self.study, params, trial.user_attrs)
+        if reason is not None:  # a heuristic that collapsed at a larger size: the next trial
+            logger.info("trial %d (%s) %s", trial.number, trial.user_attrs.get("source"), reason)
+            set_fail_reason(trial, reason)
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return self._new_trial()
         if not has_origin(trial):  # a warm start's origin came with its enqueueing
             set_trial_origin(trial, stage=stage, base=base)
         self._trials[trial.number] = trial

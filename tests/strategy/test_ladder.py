@@ -22,6 +22,7 @@ from lpsd_search.strategy.promotion import rung_candidates
 from lpsd_search.strategy.rungs import LEVELS, size_rungs
 from lpsd_search.strategy.runner import TrialRunner
 from lpsd_search.strategy.samplers import make_sampler
+from lpsd_search.strategy.skips import skip_reason
 
 
 def _runner(digits, digits_model, tmp_path, budget="0.5", steps=5, **search):
@@ -106,23 +107,32 @@ def test_the_ladder_search_runs_heuristics_at_every_rung_and_promotes_during_the
     runner.ladder.plan = lambda params: allocations.append(1) or allocate(params)  # type: ignore[method-assign]
     run_search(study, runner, options.search, tmp_path, on_trial)
     trials = study.trials
-    # A promotion rebuilds the plan its trial recorded: the allocator ran once per trial.
-    assert len(allocations) == len(trials)
+    run = [t for t in trials if t.state != optuna.trial.TrialState.PRUNED]
+    # A promotion rebuilds the plan its trial recorded: the allocator ran once per trial run.
+    assert len(allocations) == len(run)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials) == 15
     sources = [t.user_attrs.get("source") for t in trials]
     warm = 3 * len(rungs)
     assert warm < 15
     assert sources[:warm] == ([f"alds {r:.3g}x" for r in rungs]
                               + [f"vbmf {r:.3g}x" for r in rungs]
                               + [f"uniform {r:.3g}x" for r in rungs])
-    assert all(s == "sampled" for s in sources[warm:15])
-    # Promotion starts once the warm starts are measured (each rung then holds three trials,
-    # enough to rank for one promotion), during the run, not at its end: the controller hands
-    # out the promotions before the next trial.
-    assert promoted_at[warm - 1] == 0 and promoted_at[warm] >= len(rungs)
+    assert all(s == "sampled" for s in sources[warm:])
+    # A heuristic is skipped exactly where it trailed its previous rung's best by the margin.
+    for trial in trials[:warm]:
+        skipped = trial.state == optuna.trial.TrialState.PRUNED
+        assert skipped == (skip_reason(_before(study, trial.number), trial.params,
+                                       trial.user_attrs) is not None)
+        assert skipped == trial.user_attrs.get("fail_reason", "").startswith("skipped: ")
+    measured = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials[:warm])
+    # Promotion starts once the warm starts are measured, during the run, not at its end: the
+    # controller hands out the promotions before the next trial.
+    assert promoted_at[measured - 1] == 0 and promoted_at[-1] >= len(rungs)
+    assert any(count > 0 for count in promoted_at[:-1])
     rows = trial_rows(study)
     # Each promotion records how many trials were complete when it was made.
     after = sorted(int(row.promoted["after_trials"]) for row in rows if row.promoted)
-    assert after[0] == warm and after[-1] <= len(trials)
+    assert after[0] >= measured and after[-1] <= len(run)
     promoted = {row.trial for row in rows if row.promoted is not None}
     # Each rung's best short fine-tune is promoted (and trials of a rung that lost their
     # place stay promoted: never twice).
@@ -133,6 +143,13 @@ def test_the_ladder_search_runs_heuristics_at_every_rung_and_promotes_during_the
     points = front(rows, [b.to_dict() for b in runner.budgets])
     assert points and all(row.promoted is not None for row in points)
     assert all(not math.isnan(row.measures["test_accuracy"]) for row in points)
+
+
+def _before(study: optuna.Study, number: int) -> optuna.Study:
+    """The study as it was when trial ``number`` was asked (its earlier trials only)."""
+    earlier = optuna.create_study(directions=study.directions)
+    earlier.add_trials([t for t in study.trials if t.number < number])
+    return earlier
 
 
 def test_log_size_hypervolume_counts_every_halving_alike():
@@ -183,3 +200,31 @@ def test_every_sampled_policy_reaches_the_farthest_rung_or_fails_only_its_trial(
             assert "cannot reach" in str(error)
             continue
         assert runner.pricer.size(plan).params <= limit
+
+
+def test_a_heuristic_is_skipped_below_a_rung_where_it_trailed_the_best_by_the_margin():
+    dists = {RUNG: optuna.distributions.CategoricalDistribution([5.0, 10.0, 20.0]),
+             "policy:share": optuna.distributions.FloatDistribution(0.0, 0.5)}
+    warm = {"stage": "warm"}
+
+    def study_of(rows):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for rung, share, accuracy, attrs in rows:
+            study.add_trial(optuna.trial.create_trial(
+                params={RUNG: rung, "policy:share": share}, distributions=dists,
+                values=[accuracy, 1 / rung], user_attrs={**attrs, "source": f"h{share}"}))
+        return study
+
+    weak = {RUNG: 20.0, "policy:share": 0.0}
+    # At 5x the heuristic (share 0) trailed the best (a sampled trial counts) by 0.06 > 0.05.
+    study = study_of([(5.0, 0.3, 0.90, warm), (5.0, 0.0, 0.84, warm), (5.0, 0.1, 0.91, {})])
+    assert skip_reason(study, weak, warm).startswith("skipped: h0.0 trailed the best at 5x")
+    # Within the margin: it runs; the nearest larger rung decides, not the first.
+    assert skip_reason(study_of([(5.0, 0.3, 0.90, warm), (5.0, 0.0, 0.86, warm)]), weak,
+                       warm) is None
+    assert skip_reason(study_of([(5.0, 0.3, 0.90, warm), (5.0, 0.0, 0.80, warm),
+                                 (10.0, 0.3, 0.88, warm), (10.0, 0.0, 0.85, warm)]),
+                       weak, warm) is None
+    # Only warm starts are skipped, and only on their own (same policy) earlier result.
+    assert skip_reason(study, weak, {"stage": "ladder"}) is None
+    assert skip_reason(study, {RUNG: 20.0, "policy:share": 0.2}, warm) is None
