@@ -186,7 +186,7 @@ class CompressConfig:
 
 
 STRATEGIES = ("ladder", "global-local", "flat")
-SAMPLERS = ("auto", "tpe", "nsga2", "random", "rung-gp", "rung-tpe")
+SAMPLERS = ("auto", "tpe", "nsga2", "random", "rung-gp", "rung-tpe", "rung-ctx")
 WARM_STARTS = ("uniform", "vbmf", "alds", "lpsd", "alpsd")
 """The heuristics a search can run first (``strategy.warm_starts`` builds their plans)."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
@@ -29,9 +30,12 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lpsd_search.strategy.policies import RUNG
+from lpsd_search.strategy.rung_model import Encoder, Observation, choose
 
-INNER = ("gp", "tpe")
-"""Single-objective samplers a rung's policy can come from."""
+INNER = ("gp", "tpe", "ctx")
+"""Where a rung's policy comes from: a single-objective ``GPSampler`` or TPE fitted to that
+rung's trials, or one Gaussian process over every rung with the rung as an input (``ctx``,
+``strategy.rung_model``)."""
 
 STARTUP = 4
 """Random policies at a rung before its TPE or Gaussian process models it (the heuristics
@@ -45,7 +49,8 @@ class RungSampler(BaseSampler):
     """Chooses the rung of each trial and samples its policy from that rung's trials alone.
 
     Args:
-        inner: ``gp`` (Optuna's ``GPSampler``) or ``tpe`` (multivariate TPE).
+        inner: ``gp`` (Optuna's ``GPSampler``), ``tpe`` (multivariate TPE), both fitted to the
+            rung's trials, or ``ctx`` (one GP over every rung, ``strategy.rung_model``).
         seed: seed of the rung choice's fallback and of every inner sampler (combined with the
             trial number, so a resumed search draws what an uninterrupted one would).
     """
@@ -72,6 +77,9 @@ class RungSampler(BaseSampler):
         assert isinstance(rungs, CategoricalDistribution)
         rung = next_rung(study, trial.number, rungs.choices)
         policy_space = {k: v for k, v in search_space.items() if k != RUNG}
+        if self.inner == "ctx":
+            return {RUNG: rung, **self._sample_in_context(study, trial.number, rung,
+                                                           rungs.choices, policy_space)}
         history = _rung_history(study, rung, policy_space)
         return {RUNG: rung, **self._sample_policy(history, policy_space, trial.number,
                                                    study.directions[0])}
@@ -99,6 +107,17 @@ class RungSampler(BaseSampler):
         return dict(rung_study.ask(fixed_distributions=space).params)
 
 
+    def _sample_in_context(self, study: Study, number: int, rung: Any, rungs: Sequence[Any],
+                           space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        seed = (self.seed * 1_000_003 + number) % 2**31
+        observations = _observations(study, space)
+        if len(observations) < STARTUP:
+            rng = np.random.default_rng(seed)
+            return Encoder(space, rungs).random(rng)
+        return choose(observations, space, [float(r) for r in rungs], float(rung),
+                                 seed)
+
+
 def next_rung(study: Study, number: int, rungs: Sequence[Any]) -> Any:
     """The rung with the fewest trials (completed or running, trial ``number`` left out); ties
     go to the most compressed rung (the rungs run from the budget down)."""
@@ -112,19 +131,33 @@ def next_rung(study: Study, number: int, rungs: Sequence[Any]) -> Any:
     return min(reversed(order), key=lambda rung: counts[rung])
 
 
+def _feasible(study: Study, space: dict[str, BaseDistribution]) -> list[FrozenTrial]:
+    """The completed, feasible trials that have every parameter of ``space`` and a rung."""
+    found = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.values is None or RUNG not in trial.params:
+            continue
+        if any(excess > 0 for excess in trial.system_attrs.get(_CONSTRAINTS, ())):
+            continue
+        if all(name in trial.params for name in space):
+            found.append(trial)
+    return found
+
+
 def _rung_history(study: Study, rung: Any,
                   space: dict[str, BaseDistribution]) -> list[FrozenTrial]:
     """The completed, feasible trials at ``rung``, as single-objective trials over ``space``
     (value: the first objective)."""
-    found = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.params.get(RUNG) != rung or trial.values is None:
-            continue
-        if any(excess > 0 for excess in trial.system_attrs.get(_CONSTRAINTS, ())):
-            continue
-        if not all(name in trial.params for name in space):
-            continue
-        params = {name: trial.params[name] for name in space}
-        found.append(optuna.trial.create_trial(
-            params=params, distributions=dict(space), value=trial.values[0]))
-    return found
+    return [optuna.trial.create_trial(params={name: trial.params[name] for name in space},
+                                      distributions=dict(space), value=trial.values[0])
+            for trial in _feasible(study, space) if trial.params[RUNG] == rung]
+
+
+def _observations(study: Study,
+                  space: dict[str, BaseDistribution]) -> list[Observation]:
+    """Every rung's completed, feasible trials (value: the first objective, maximised)."""
+    sign = 1.0 if study.directions[0] == StudyDirection.MAXIMIZE else -1.0
+    return [Observation(float(trial.params[RUNG]),
+                                   {name: trial.params[name] for name in space},
+                                   sign * trial.values[0])
+            for trial in _feasible(study, space)]

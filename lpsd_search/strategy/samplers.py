@@ -69,7 +69,7 @@ def make_sampler(name: str, seed: int, population: int = 10,
     Args:
         name: ``auto`` (``rung-tpe`` for the ladder strategy, else ``tpe``), ``tpe``
             (multivariate, constraint-aware), ``nsga2``, ``random``, or ``rung-gp`` /
-            ``rung-tpe`` (ladder strategy: each rung a single-objective search,
+            ``rung-tpe`` / ``rung-ctx`` (ladder strategy: each rung a single-objective search,
             ``rung_sampler.RungSampler``).
         seed: sampler seed.
         population: NSGA-II population size (small: a search here is tens of trials).
