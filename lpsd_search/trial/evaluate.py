@@ -239,8 +239,12 @@ class Evaluator:
         return result, model
 
 
-OBJECTIVE_EXAMPLES = 2000
-"""Validation images the local selection scores each candidate on (a fixed subset: speed)."""
+OBJECTIVE_EXAMPLES = 1000
+"""Validation images the local selection scores each candidate on (a fixed subset: speed).
+
+Candidates are compared on the same images, so the subset's size matters less than its noise
+suggests: ``benchmarks/results/local_selection_cpu.md`` has 2000 and 1000 images choosing the
+same plans, the smaller subset about twice as fast (ResNet-20: most of a ladder trial)."""
 
 
 class ValidationLoss:
