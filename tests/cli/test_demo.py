@@ -70,9 +70,13 @@ def test_budget_0_2_is_never_exceeded(tmp_path):
     # int(0.2 * 25,978) = 5,195.
     limit = document["budget"]["limit"]
     assert limit == 5195
-    # Every trial, not only the front: 16 rows, each completed within the limit.
-    assert [int(r["trial"]) for r in rows] == list(range(16))
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 16
-    assert all(int(r["params"]) <= limit and r["feasible"] == "1" for r in rows), rows
+    # Every trial, not only the front: 16 completed, each within the limit, and the warm
+    # starts skipped below a rung where their heuristic collapsed, each with its reason.
+    assert [int(r["trial"]) for r in rows] == list(range(len(rows)))
+    complete = [r for r in rows if r["state"] == "COMPLETE"]
+    assert len(complete) == 16
+    assert all(r["state"] == "PRUNED" and r["fail_reason"].startswith("skipped: ")
+               for r in rows if r["state"] != "COMPLETE"), rows
+    assert all(int(r["params"]) <= limit and r["feasible"] == "1" for r in complete), rows
     assert len(document["points"]) >= 1
     _check_front(document, rows)
