@@ -304,16 +304,6 @@ class SearchController:
                 self.study.tell(trial, state=TrialState.FAIL)
         write_results(self.study, self.out_dir)
 
-    def interrupted(self, job: Job) -> None:
-        """Record a job stopped by Ctrl-C (its trial fails with that reason, results written)."""
-        if job.promotion:
-            release_claim(self._claims.pop(job.number))
-            return
-        trial = self._trials.pop(job.number)
-        set_fail_reason(trial, "interrupted")
-        self.study.tell(trial, state=TrialState.FAIL)
-        write_results(self.study, self.out_dir)
-
     def _tell_trial(self, job: Job, result: TrialOutcome | BaseException,
                     save: Callable[[], None] | None) -> None:
         trial = self._trials.pop(job.number)

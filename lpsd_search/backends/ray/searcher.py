@@ -133,11 +133,11 @@ class ControllerSearcher(Searcher):
             self.fault = error
 
     def interrupt(self) -> None:
-        """Fail the jobs still running (the driver was interrupted)."""
+        """Fail the jobs still running (the driver was interrupted), and a trial the controller
+        asked but Tune never started (``SearchController.abandon``)."""
         if self.controller is None:
             return
-        for job in self.jobs.values():
-            self.controller.interrupted(job)
+        self.controller.abandon()
         self.jobs.clear()
 
 
