@@ -62,6 +62,7 @@ class Encoder:
         self._rung = (low, max(high - low, 1e-9))
 
     def encode(self, rung: float, params: Mapping[str, Any]) -> np.ndarray:
+        """The point of ``params`` at ``rung``: the rung first, then each parameter."""
         low, span = self._rung
         parts = [(math.log(rung) - low) / span]
         for name, dist in self.space.items():
@@ -74,6 +75,7 @@ class Encoder:
         return np.asarray(parts)
 
     def random(self, rng: np.random.Generator) -> dict[str, Any]:
+        """A policy drawn uniformly from the space."""
         return {name: _draw(dist, rng) for name, dist in self.space.items()}
 
     def perturb(self, params: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
