@@ -39,6 +39,7 @@ from lpsd_search.report.record import (
     set_promoted,
     set_trial_origin,
     set_worker,
+    trial_source,
     trial_worker,
     write_attrs,
 )
@@ -216,7 +217,7 @@ class SearchController:
             return None
         reason = skip_reason(self.study, params, trial.user_attrs)
         if reason is not None:  # a heuristic that collapsed at a larger size: the next trial
-            logger.info("trial %d (%s) %s", trial.number, trial.user_attrs.get("source"), reason)
+            logger.info("trial %d (%s) %s", trial.number, trial_source(trial), reason)
             set_fail_reason(trial, reason)
             self.study.tell(trial, state=TrialState.PRUNED)
             return self._new_trial()
