@@ -79,6 +79,8 @@ def _regret(sampler: optuna.samplers.BaseSampler, trials: int, seed: int, warm: 
 
 @pytest.mark.slow  # ~1 minute: a Gaussian process fit per trial
 def test_one_model_over_every_rung_beats_per_rung_models_and_random_with_three_times_the_trials():
+    # Six sampled trials per rung; at four per rung (16) the pooled model was not better than
+    # per-rung TPE (regret 0.0056 against 0.0046): it needs some data before it pays.
     trials, seeds = 24, range(3)
     pooled = statistics.mean(_regret(RungSampler("ctx", s), trials, s, True) for s in seeds)
     per_rung = statistics.mean(_regret(RungSampler("tpe", s), trials, s, True) for s in seeds)
