@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lpsd_search.report.record import SOURCE, STAGE, WARM
+from lpsd_search.report.record import STAGE, WARM, trial_source, trial_stage
 from lpsd_search.strategy.policies import RUNG
 
 MARGIN = 0.05
@@ -41,7 +41,7 @@ def skip_reason(study: optuna.Study, params: dict[str, Any],
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.values is not None and RUNG in t.params]
     own = [t for t in complete if float(t.params[RUNG]) < rung and _policy(t) == policy
-           and t.user_attrs.get(STAGE) == WARM]
+           and trial_stage(t) == WARM]
     if not own:
         return None
     earlier = max(own, key=lambda t: float(t.params[RUNG]))
@@ -51,7 +51,7 @@ def skip_reason(study: optuna.Study, params: dict[str, Any],
     behind = best - sign * earlier.values[0]
     if behind <= MARGIN:
         return None
-    return (f"skipped: {earlier.user_attrs.get(SOURCE, 'this heuristic')} trailed the best at "
+    return (f"skipped: {trial_source(earlier)} trailed the best at "
             f"{at:g}x by {behind:.3g} (more than {MARGIN:g})")
 
 
