@@ -135,8 +135,14 @@ def run_ray_search(options: SearchOptions, config: RayConfig,
     started_here = not ray.is_initialized()
     if started_here:
         try:
+            # Workers' output reaches the driver's console only with debug logging (-v): a
+            # trial's outcome and failure reason come from the controller, and Ray's own
+            # teardown sometimes prints a worker's traceback (an actor's SystemExit landing in a
+            # weakref callback) after the search has ended cleanly. Without -v it stays in
+            # Ray's logs on each node (/tmp/ray/session_latest/logs).
             ray.init(address=config.address, logging_level=logging.WARNING,
-                     include_dashboard=False)
+                     include_dashboard=False,
+                     log_to_driver=logger.isEnabledFor(logging.DEBUG))
         except ConnectionError as error:
             raise UserInputError(f"cannot reach the Ray cluster at {config.address!r}: "
                                  f"{error}") from None
