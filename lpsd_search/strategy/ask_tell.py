@@ -151,6 +151,8 @@ class SearchController:
         self._trials: dict[int, optuna.Trial] = {}
         self._claims: dict[int, optuna.Study] = {}
         self._tried: set[int] = set()
+        # When each unnamed RUNNING trial was first seen (orphans of a killed driver).
+        self._unnamed: dict[int, float] = {}
 
     @property
     def reports_promoted(self) -> bool:
@@ -165,7 +167,7 @@ class SearchController:
 
     def start(self) -> None:
         """Fail what dead workers left running; enqueue the warm starts of a new study."""
-        fail_dead_trials(self.study)
+        fail_dead_trials(self.study, self._unnamed)
         fail_stale(self.storage, self.study)
         if self.config.warm_starts and self.runner.created_study and not self.study.trials:
             enqueue_warm_starts(self.study, self.runner, self.config.warm_starts,
@@ -191,8 +193,8 @@ class SearchController:
             return self._new_trial()
         if self._trials:  # the last trials run: promote once they are measured
             return None
+        fail_dead_trials(self.study, self._unnamed)
         if self.config.promote_steps:
-            fail_dead_trials(self.study)
             job = self._promotion(final=True)
             if job is not None:
                 return job

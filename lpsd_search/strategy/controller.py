@@ -15,6 +15,7 @@ import math
 import os
 import random
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -48,14 +49,34 @@ ORPHAN_SECONDS = 60
 could name itself (a live worker names its trial right after asking)."""
 
 
-def fail_dead_trials(study: optuna.Study) -> None:
-    """Mark RUNNING trials whose worker process on this host is gone as failed."""
+ORPHAN_OBSERVED_SECONDS = 10.0
+"""An unnamed RUNNING trial that one process saw this long ago and sees still unnamed is an
+orphan too, however recent its start time: the process that asked it would have named it at
+once, and the interval is measured on this process's own clock (a start time is the asking
+host's, hence ``ORPHAN_SECONDS``' margin for clock skew)."""
+
+
+def fail_dead_trials(study: optuna.Study, unnamed: dict[int, float] | None = None) -> None:
+    """Mark RUNNING trials whose worker process on this host is gone as failed.
+
+    Args:
+        study: the search's study.
+        unnamed: kept by the caller between calls: when each unnamed RUNNING trial was first
+            seen (``time.monotonic()``), so that a driver killed between asking a trial and
+            naming it leaves no trial running once the next run has watched it for
+            ``ORPHAN_OBSERVED_SECONDS``.
+    """
     host = socket.gethostname()
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial_worker(trial)
         name, _, pid = worker.rpartition(":")
-        if _is_orphan(trial, now) or (name == host and pid.isdigit() and not _alive(int(pid))):
+        watched = False
+        if unnamed is not None and not has_worker(trial):
+            first = unnamed.setdefault(trial.number, time.monotonic())
+            watched = time.monotonic() - first >= ORPHAN_OBSERVED_SECONDS
+        if (watched or _is_orphan(trial, now)
+                or (name == host and pid.isdigit() and not _alive(int(pid)))):
             logger.warning("trial %d was left running by a dead process; marking it failed",
                            trial.number)
             study.tell(trial.number, state=TrialState.FAIL)

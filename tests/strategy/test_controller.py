@@ -7,6 +7,7 @@ import csv
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,25 @@ def test_trials_left_running_by_a_dead_process_are_failed(tmp_path):
     assert states == {orphan.number: optuna.trial.TrialState.FAIL,
                       alive.number: optuna.trial.TrialState.RUNNING,
                       elsewhere.number: optuna.trial.TrialState.RUNNING}
+
+
+def test_an_unnamed_trial_watched_for_a_while_is_failed_however_recent_its_start(monkeypatch):
+    # A driver killed between asking a trial and naming it leaves the trial RUNNING with no
+    # worker; the next run, started at once, fails it once it has seen it unnamed for a while,
+    # and leaves alone a trial another live worker has just asked.
+    monkeypatch.setattr("lpsd_search.strategy.controller.ORPHAN_OBSERVED_SECONDS", 1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    orphan = study.ask()
+    unnamed: dict[int, float] = {}
+    fail_dead_trials(study, unnamed)
+    time.sleep(1.1)
+    fresh = study.ask()  # another worker's, in the instant before it names it
+    fail_dead_trials(study, unnamed)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {orphan.number: optuna.trial.TrialState.FAIL,
+                      fresh.number: optuna.trial.TrialState.RUNNING}
+    fail_dead_trials(study)  # without a watch, only the age of its start counts
+    assert study.trials[fresh.number].state == optuna.trial.TrialState.RUNNING
 
 
 def test_only_the_lower_numbered_of_two_racing_asks_takes_the_last_slot():
