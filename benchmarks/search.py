@@ -169,7 +169,7 @@ def main() -> None:
         return
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: must be at least 1")
-    threads_note = limit_threads(args.threads)
+    threads_note = _set_up(args.threads)
     if args.jobs > 1:
         threads_note += f", in each of {args.jobs} processes"
     tier = TIERS[args.tier]
@@ -197,17 +197,23 @@ def main() -> None:
             finished(unit, job(settings[unit[1]], unit[0]))
         return
     # spawn, not fork: a forked child would inherit torch's thread pools mid-use.
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_set_up, initargs=(args.threads,)) as pool:
         futures = {pool.submit(job, settings[unit[1]], unit[0]): unit for unit in units}
         for future in as_completed(futures):
             finished(futures[future], future.result())
 
 
+def _set_up(threads: int) -> str:
+    """Threads and log level of a process running units (this one, or a worker as it starts);
+    returns the threads note of the results header."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return limit_threads(threads)
+
+
 def run_unit(args: argparse.Namespace, tier: dict[str, Any], samplers: list[str], work: Path,
              setting: tuple[str, str, str, float], seed: int) -> dict[str, Any]:
     """One setting at one seed (in this process or a worker): its one-seed results entry."""
-    limit_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     name, model, data, epochs = setting
     entry = new_setting(setting, tier, [seed], samplers)
     options = functools.partial(_options, model, data, epochs, tier, seed, args=args)

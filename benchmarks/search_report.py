@@ -45,9 +45,9 @@ def assemble(tier_name: str, settings: list[tuple[str, str, str, float]], tier: 
         if not entries:
             document["settings"].append(new_setting(setting, tier, seeds, samplers))
             continue
-        merged: list[dict[str, Any]] = []
-        for entry in entries:
-            merge_setting(merged, copy.deepcopy(entry))
+        merged = [copy.deepcopy(entries[0])]  # the merge extends the first entry in place
+        for entry in entries[1:]:
+            merge_setting(merged, entry)
         merged[0]["seeds"] = list(seeds)
         document["settings"].append(merged[0])
     return document
