@@ -67,14 +67,13 @@ def fail_dead_trials(study: optuna.Study, unnamed: dict[int, float] | None = Non
             ``ORPHAN_OBSERVED_SECONDS``.
     """
     host = socket.gethostname()
-    now = datetime.datetime.now()
+    now, clock = datetime.datetime.now(), time.monotonic()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial_worker(trial)
         name, _, pid = worker.rpartition(":")
         watched = False
         if unnamed is not None and not has_worker(trial):
-            first = unnamed.setdefault(trial.number, time.monotonic())
-            watched = time.monotonic() - first >= ORPHAN_OBSERVED_SECONDS
+            watched = clock - unnamed.setdefault(trial.number, clock) >= ORPHAN_OBSERVED_SECONDS
         if (watched or _is_orphan(trial, now)
                 or (name == host and pid.isdigit() and not _alive(int(pid)))):
             logger.warning("trial %d was left running by a dead process; marking it failed",
